@@ -180,7 +180,7 @@ def test_unrelated_file_refused(tmp_path):
 def test_pretrained_tag_offline_gives_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ClefError, match="internet"):
-        M.create("ViT-B-32", weights="openai", cache_dir=str(tmp_path))
+        M.create("RN50", weights="openai", cache_dir=str(tmp_path))
     with pytest.raises(ClefError, match="neither an existing file nor an open_clip pretrained tag"):
         M.create("clef-tiny", weights="laion9000")
 
