@@ -1,0 +1,212 @@
+"""Multi-process (torchrun / DDP) helpers: rank and world queries, process-group setup from
+torchrun's environment, and the feature gather for the contrastive losses.
+
+Every helper is a harmless identity / no-op in a single process, so training code calls
+them unconditionally.
+
+Exact equivalence with single-process training (DDP averages parameter gradients over
+ranks; each rank holds an equal shard of m samples of the global batch of N = R * m):
+
+* Eq. 3-6 (fine-tuning) need no gathering. Rank r computes
+  ``finetune_loss(fer_loss|au_loss(own images, ...), name_description_loss(...))``; the
+  Eq. 4/5 term is a mean over its own B = m images and ``L_DN`` is identical on every rank,
+  so the mean over ranks of the losses *and* of the gradients is the single-process one.
+  Call ``backward()`` on the local loss unchanged.
+
+* Eq. 1-2 (pre-training) couple samples across ranks. Two exact recipes:
+
+  1. Sharded (recommended): ``gather_features(x, with_grad=True)`` for the view, view and
+     activity-text features (labels with ``gather_features(labels)``), then
+     ``pretrain_loss(..., anchor_rows=local_slice(m))`` and ``backward()`` unchanged. The
+     local loss is the mean over this rank's anchors against the global contrast set, so
+     the mean over ranks is the global loss; the gather's backward sums, over ranks, the
+     gradient every rank computed for each row, so rank r's features receive the gradient
+     of *all* ranks' anchor losses, and DDP's mean gives exactly the global gradient.
+  2. Replicated: ``gather_features(x)`` (other ranks' rows carry no gradient), the *full*
+     loss on every rank (``anchor_rows=None``), and ``scale_for_ddp(loss).backward()``.
+     Every rank's gradient w.r.t. its own rows is then the exact global one; DDP would
+     average the R per-rank contributions, which really must be *summed*, hence the
+     factor R. Costs R times the loss compute.
+
+  Not exact: the detached gather with ``anchor_rows`` (with or without scaling) - rank r's
+  anchors depend on the other ranks' contrast rows, whose gradient is then never formed.
+
+For logging, ``reduce_mean(loss)`` is the mean over ranks (the single-process value in
+recipe 1 and for Eq. 3-6; recipe 2's unscaled loss is already global).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from clefctl.errors import ClefError
+
+__all__ = [
+    "is_distributed",
+    "rank",
+    "local_rank",
+    "world_size",
+    "is_main",
+    "setup_from_env",
+    "cleanup",
+    "barrier",
+    "gather_features",
+    "local_slice",
+    "scale_for_ddp",
+    "reduce_mean",
+]
+
+_REQUIRED_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def is_distributed() -> bool:
+    """True when a default process group is initialised."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """Global rank of this process (0 when not distributed)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def local_rank() -> int:
+    """``$LOCAL_RANK`` set by torchrun (the GPU index on this node); 0 when unset."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def world_size() -> int:
+    """Number of processes (1 when not distributed)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0: the process that logs, writes checkpoints and reports."""
+    return rank() == 0
+
+
+def setup_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> bool:
+    """Initialise the default process group from torchrun's environment variables.
+
+    Reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT. Returns False (and does
+    nothing) when WORLD_SIZE is unset or 1, True once distributed (also when a group was
+    already initialised). ``backend`` defaults to ``nccl`` when CUDA is available (the
+    current device is then set to LOCAL_RANK) and ``gloo`` otherwise.
+
+    Example: ``torchrun --nproc_per_node 2 -m clefctl.cli train ...`` then
+    ``if setup_from_env(): model = DistributedDataParallel(model, ...)``.
+    """
+    if is_distributed():
+        return True
+    try:
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise ClefError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer",
+                        hint="launch multi-process jobs with torchrun") from None
+    if size <= 1:
+        return False
+    missing = [k for k in _REQUIRED_ENV if not os.environ.get(k)]
+    if missing:
+        raise ClefError(f"WORLD_SIZE={size} but {', '.join(missing)} not set",
+                        hint="launch multi-process jobs with torchrun, which sets them")
+    if not dist.is_available():
+        raise ClefError("this torch build has no torch.distributed support",
+                        hint="run in a single process (unset WORLD_SIZE)")
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend=backend, init_method="env://",
+                            rank=int(os.environ["RANK"]), world_size=size,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    return True
+
+
+def cleanup() -> None:
+    """Destroy the process group (no-op when not distributed)."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op when not distributed)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def local_slice(n_local: int) -> slice:
+    """This rank's rows in a tensor gathered by :func:`gather_features` from equal shards."""
+    r = rank()
+    return slice(r * n_local, (r + 1) * n_local)
+
+
+def _check_equal_shards(x: Tensor) -> None:
+    shape = torch.tensor(list(x.shape), device=x.device, dtype=torch.long)
+    shapes = [torch.empty_like(shape) for _ in range(world_size())]
+    dist.all_gather(shapes, shape)
+    if any(not torch.equal(s, shape) for s in shapes):
+        seen = [tuple(s.tolist()) for s in shapes]
+        raise ValueError(f"gather_features needs the same shape on every rank, got {seen}; "
+                         "use DistributedSampler(drop_last=True) and a drop_last DataLoader")
+
+
+class _AllGatherSumGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums the gradient over ranks (local rows)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.n_local = x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(parts, x)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[local_slice(ctx.n_local)]
+
+
+def gather_features(x: Tensor, *, with_grad: bool = False) -> Tensor:
+    """All-gather ``x`` along dim 0 from every rank, in rank order (identity when single).
+
+    Default (``with_grad=False``, open_clip's ``gather_with_grad=False``): this rank's chunk
+    in the result *is* ``x`` (keeps its gradient); the other ranks' rows are constants.
+    ``with_grad=True``: every row is differentiable, and the backward pass sums over ranks
+    the gradient each rank computed for this rank's rows (needed for ``anchor_rows``
+    losses; see the module docstring). Every rank must pass the same shape.
+
+    Example (on each of R ranks, m samples each):
+        >>> z = encoder(images)                    # (m, d)
+        >>> z_all = gather_features(z)             # (R * m, d); rows local_slice(m) are z
+        >>> labels_all = gather_features(labels)   # (R * m,)
+    """
+    if not is_distributed() or world_size() == 1:
+        return x
+    x = x.contiguous()
+    _check_equal_shards(x)
+    if with_grad:
+        return _AllGatherSumGrad.apply(x)
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.detach())
+    parts[rank()] = x
+    return torch.cat(parts, dim=0)
+
+
+def scale_for_ddp(loss: Tensor) -> Tensor:
+    """``loss * world_size()``: undo DDP's gradient averaging for a loss whose per-rank
+    gradients must be summed (recipe 2 in the module docstring). Log the unscaled loss."""
+    return loss * world_size()
+
+
+def reduce_mean(value: Tensor) -> Tensor:
+    """Mean of a detached floating-point tensor over ranks, for logging (a copy when single)."""
+    value = value.detach().clone()
+    if is_distributed() and world_size() > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= world_size()
+    return value
