@@ -1,0 +1,161 @@
+"""Data set registry: names -> adapters, conventional folders under the data root.
+
+``load_dataset("bp4d")`` reads ``<data root>/BP4D`` (``--data-root`` / ``CLEF_DATA_ROOT``,
+see :func:`clefctl.paths.data_root`); ``root=`` points at the data set folder itself
+(the CLI's ``--dataset-root``). ``manifest`` and ``folder`` always need ``root`` (the CSV
+file, the image folder). The synthetic sets are generated on first use by
+:mod:`clefctl.data.synthetic` and read with the BP4D / RAF-DB adapters.
+
+Adapters are imported only when a data set is loaded, so importing this package is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clefctl.errors import ClefError
+
+SYNTHETIC_AUS = (1, 2, 4, 6, 7, 9, 10, 12, 14, 15, 17, 23, 24, 25, 26)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    description: str
+    task: str                      # "au" | "fer" | "any" (manifest/folder infer it)
+    loader: str                    # "module:function"
+    folder: str | None = None      # conventional sub-folder of the data root
+    marker: str | None = None      # a file or folder that must exist for "present"
+    opts: dict = field(default_factory=dict)
+
+
+_SPECS = [
+    DatasetSpec("bp4d", "BP4D-Spontaneous, 41 subjects, 12 AUs, canonical 3 folds (T1-T8)",
+                "au", "clefctl.data.bp4d:load", "BP4D", "AUCoding/AU_OCC"),
+    DatasetSpec("bp4dplus", "BP4D+, 140 subjects, 12 AUs, generated 4 folds (T1-T10); "
+                "mode=pretrain for all frames by task", "au", "clefctl.data.bp4d:load_plus",
+                "BP4D+", "AUCoding/AU_OCC"),
+    DatasetSpec("disfa", "DISFA, 27 subjects, 8 AUs (intensity >= 2), canonical 3 folds",
+                "au", "clefctl.data.disfa:load", "DISFA", "ActionUnit_Labels"),
+    DatasetSpec("rafdb", "RAF-DB basic, 7 expressions, official train/test split", "fer",
+                "clefctl.data.rafdb:load", "RAF-DB", "EmoLabel/list_patition_label.txt"),
+    DatasetSpec("affectnet7", "AffectNet, 7 expressions (no contempt), training/validation",
+                "fer", "clefctl.data.affectnet:load", "AffectNet",
+                "Manually_Annotated_file_lists/training.csv", {"classes": 7}),
+    DatasetSpec("affectnet8", "AffectNet, 8 expressions (with contempt), training/validation",
+                "fer", "clefctl.data.affectnet:load", "AffectNet",
+                "Manually_Annotated_file_lists/training.csv", {"classes": 8}),
+    DatasetSpec("ferplus", "FERPlus (FER2013 relabelled), 8 expressions, train/val/test",
+                "fer", "clefctl.data.ferplus:load", "FERPlus", "fer2013new.csv"),
+    DatasetSpec("manifest", "your images listed in a CSV (path, subject, label or AU1..); "
+                "root = the CSV", "any", "clefctl.data.manifest:load"),
+    DatasetSpec("folder", "your images in DIR/<class name>/*.jpg|png; root = the folder",
+                "fer", "clefctl.data.folder:load"),
+    DatasetSpec("synthetic-au", "procedural AU-driven faces in the BP4D layout, 15 AUs, "
+                "generated on first use", "au", "clefctl.data.bp4d:load"),
+    DatasetSpec("synthetic-fer", "procedural expression faces in the RAF-DB layout, "
+                "generated on first use", "fer", "clefctl.data.rafdb:load"),
+]
+DATASETS: dict[str, DatasetSpec] = {s.name: s for s in _SPECS}
+_ALIASES = {"bp4d+": "bp4dplus", "raf-db": "rafdb", "fer+": "ferplus", "fer_plus": "ferplus"}
+
+# Options of the adapters used by the synthetic sets; any other option goes to ensure().
+_SYNTH_ADAPTER_OPTS = {"synthetic-au": {"aus", "mode", "max_frames", "tasks"},
+                       "synthetic-fer": set()}
+
+
+def available_datasets() -> dict[str, str]:
+    """Registered names -> one-line descriptions."""
+    return {s.name: s.description for s in _SPECS}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The registry entry for ``name`` (case-insensitive; a few aliases like ``bp4d+``)."""
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    spec = DATASETS.get(key)
+    if spec is None:
+        raise ClefError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+    return spec
+
+
+def expected_folder(name: str, data_root: str | Path | None = None) -> Path | None:
+    """Where ``name`` is looked for under the data root (None: needs an explicit root)."""
+    from clefctl.paths import data_root as _data_root
+
+    spec = get_spec(name)
+    return None if spec.folder is None else _data_root(data_root) / spec.folder
+
+
+def describe_datasets(data_root: str | Path | None = None) -> list[dict]:
+    """One dict per registered data set: name, description, task, folder, status.
+
+    status: "present" (the label file or folder exists), "incomplete" (folder without
+    its labels), "missing", "generated" (synthetic, made on first use) or "user path".
+    """
+    out = []
+    for spec in _SPECS:
+        folder = expected_folder(spec.name, data_root)
+        if spec.name.startswith("synthetic-"):
+            status = "generated"
+        elif folder is None:
+            status = "user path"
+        elif (folder / spec.marker).exists():
+            status = "present"
+        elif folder.is_dir():
+            status = "incomplete"
+        else:
+            status = "missing"
+        out.append({"name": spec.name, "description": spec.description, "task": spec.task,
+                    "folder": None if folder is None else str(folder), "status": status,
+                    "present": status in ("present", "generated")})
+    return out
+
+
+def _call(target: str, root, **opts):
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)(root, **opts)
+
+
+def load_dataset(name: str, root: str | Path | None = None,
+                 data_root: str | Path | None = None, **opts):
+    """Load a registered data set as a :class:`clefctl.data.records.DatasetBundle`.
+
+    ``root`` overrides the conventional folder ``<data root>/<folder>``; ``opts`` go to
+    the adapter (e.g. ``aus=[1, 2]``, ``mode="pretrain"``, ``max_frames=480000``,
+    ``classes=[...]`` for a manifest). For the synthetic sets, options the adapter does
+    not take are passed to ``clefctl.data.synthetic.ensure`` (size options).
+    """
+    spec = get_spec(name)
+    if spec.name.startswith("synthetic-"):
+        return _load_synthetic(spec, root, opts)
+    if root is None:
+        root = expected_folder(spec.name, data_root)
+    if root is None:
+        return _call(spec.loader, None, **opts)
+    merged = {**spec.opts, **opts}
+    return _call(spec.loader, Path(root).expanduser(), **merged)
+
+
+def _load_synthetic(spec: DatasetSpec, root, opts: dict):
+    from clefctl.data import synthetic  # written separately; imported only when needed
+
+    adapter_keys = _SYNTH_ADAPTER_OPTS[spec.name]
+    adapter_opts = {k: v for k, v in opts.items() if k in adapter_keys}
+    size_opts = {k: v for k, v in opts.items() if k not in adapter_keys}
+    folder = synthetic.ensure(spec.name, root=None if root is None else Path(root),
+                              **size_opts)
+    if spec.name == "synthetic-au":
+        adapter_opts.setdefault("aus", list(SYNTHETIC_AUS))
+        adapter_opts.setdefault("tasks", None)
+        return _call(spec.loader, Path(folder), name="synthetic-au", prompts="synthetic-au",
+                     label="synthetic-au", folder="synthetic-au", use_canonical=False,
+                     **adapter_opts)
+    return _call(spec.loader, Path(folder), name="synthetic-fer", prompts="synthetic-fer",
+                 label="synthetic-fer", folder="synthetic-fer", **adapter_opts)
+
+
+__all__ = ["DATASETS", "DatasetSpec", "available_datasets", "describe_datasets",
+           "expected_folder", "get_spec", "load_dataset", "SYNTHETIC_AUS"]
