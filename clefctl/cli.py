@@ -21,6 +21,8 @@ from clefctl.errors import ClefError
 COMMANDS: dict[str, str] = {
     "info": "clefctl.commands.info:info",
     "data": "clefctl.commands.data:data",
+    "pretrain": "clefctl.commands.train:pretrain",
+    "finetune": "clefctl.commands.train:finetune",
 }
 
 

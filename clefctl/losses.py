@@ -31,6 +31,8 @@ __all__ = [
     "name_description_loss",
     "fer_loss",
     "au_loss",
+    "fer_loss_from_logits",
+    "au_loss_from_logits",
     "finetune_loss",
 ]
 
@@ -199,9 +201,19 @@ def fer_loss(images: Tensor, names: Tensor, targets: Tensor, class_weights: Tens
                          f"{int(targets.min())}..{int(targets.max())}")
     i = F.normalize(images, dim=1)
     n = F.normalize(names, dim=1)
-    w = _class_weights(class_weights, c, i)
-    log_prob = torch.log_softmax(i @ n.T * _as_scale(logit_scale, i), dim=1)
-    picked = log_prob.gather(1, targets.unsqueeze(1)).squeeze(1)
+    return fer_loss_from_logits(i @ n.T * _as_scale(logit_scale, i), targets, class_weights)
+
+
+def fer_loss_from_logits(logits: Tensor, targets: Tensor, class_weights: Tensor | None) -> Tensor:
+    """The core of Eq. 4 on given logits (B, C): -(1/B) sum_i w_{y_i} log softmax(logits_i)[y_i].
+
+    :func:`fer_loss` feeds it image-name similarities; the ablation without text (Table 6,
+    "I" rows: image encoder + linear classifier) feeds it a linear head's logits.
+    """
+    b, c = logits.shape
+    targets = torch.as_tensor(targets, device=logits.device).long()
+    w = _class_weights(class_weights, c, logits)
+    picked = torch.log_softmax(logits, dim=1).gather(1, targets.unsqueeze(1)).squeeze(1)
     return -(w[targets] * picked).sum() / b
 
 
@@ -240,11 +252,20 @@ def au_loss(images: Tensor, names: Tensor, targets: Tensor, class_weights: Tenso
         m = torch.as_tensor(mask, device=i.device).to(i.dtype)
         if m.shape != (b, c):
             raise ValueError(f"mask must have shape ({b}, {c}), got {tuple(m.shape)}")
-    w = _class_weights(class_weights, c, i)
-    s = i @ n.T * _as_scale(logit_scale, i)
+    return au_loss_from_logits(i @ n.T * _as_scale(logit_scale, i), y, class_weights, m)
+
+
+def au_loss_from_logits(logits: Tensor, targets: Tensor, class_weights: Tensor | None,
+                        mask: Tensor | None = None) -> Tensor:
+    """The core of Eq. 5 on given logits s (B, C): -(1/B) sum_i sum_c mask_ic [w_c y log sigmoid(s)
+    + (1 - y) log(1 - sigmoid(s))]. Used by :func:`au_loss` and by the linear-head ablation."""
+    b, c = logits.shape
+    y = torch.as_tensor(targets, device=logits.device).to(logits.dtype)
+    m = torch.ones_like(y) if mask is None else torch.as_tensor(mask, device=logits.device).to(logits.dtype)
+    w = _class_weights(class_weights, c, logits)
     # log(1 - sigmoid(s)) = logsigmoid(-s); multiply by the mask via where so that a
     # masked-out element never contributes (not even a NaN from an infinite logit).
-    terms = w * y * F.logsigmoid(s) + (1 - y) * F.logsigmoid(-s)
+    terms = w * y * F.logsigmoid(logits) + (1 - y) * F.logsigmoid(-logits)
     terms = torch.where(m != 0, terms * m, torch.zeros_like(terms))
     return -terms.sum() / b
 

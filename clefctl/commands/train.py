@@ -1,0 +1,162 @@
+"""``clefctl pretrain`` and ``clefctl finetune``: options -> clefctl.pretrain / clefctl.finetune."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from clefctl.engine import TrainConfig
+
+
+def train_options(epochs: float, lr: float | None, warmup: float):
+    """The engine's options, shared by both stages (defaults differ per stage)."""
+    def deco(f):
+        opts = [
+            click.option("--epochs", type=float, default=epochs, show_default=True, help="Epochs (fractions allowed)."),
+            click.option("--batch-size", type=int, default=64, show_default=True, help="Per-process batch size."),
+            click.option("--lr", type=float, default=lr, show_default=lr is not None,
+                         help="Peak learning rate (AdamW)." + ("" if lr is not None else
+                                                              " Default: the paper's for the data set.")),
+            click.option("--weight-decay", type=float, default=0.01, show_default=True),
+            click.option("--warmup-epochs", type=float, default=warmup, show_default=True),
+            click.option("--min-lr", type=float, default=1e-6, show_default=True, help="Cosine decay floor."),
+            click.option("--grad-clip", type=float, default=None, help="Clip the gradient norm to this value."),
+            click.option("--amp", type=click.Choice(["auto", "bf16", "off"]), default="auto", show_default=True,
+                         help="bf16 autocast; auto = on for CUDA and wide models on CPU."),
+            click.option("--seed", type=int, default=0, show_default=True),
+            click.option("--workers", type=int, default=None, help="DataLoader workers (default: by machine)."),
+            click.option("--max-steps", type=int, default=None, help="Stop after this many steps in total."),
+            click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)."),
+            click.option("--workspace", default=None, envvar="CLEF_WORKSPACE",
+                         help="Run folders (default ./clef_runs)."),
+            click.option("--resume", default=None, is_flag=False, flag_value="latest",
+                         help="Continue an interrupted run exactly: --resume (latest) or --resume RUN."),
+            click.option("--no-progress", is_flag=True, help="No progress bar."),
+            click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+        ]
+        for o in reversed(opts):
+            f = o(f)
+        return f
+    return deco
+
+
+def data_options(default: str):
+    def deco(f):
+        for o in reversed([
+            click.option("--dataset", default=default, show_default=True, help="Registered data set (clefctl data list)."),
+            click.option("--data-root", default=None, envvar="CLEF_DATA_ROOT", help="Folder holding BP4D/, RAF-DB/, ..."),
+            click.option("--dataset-root", default=None, help="This data set's own folder (or manifest CSV)."),
+            click.option("--prompts", default=None, help="Prompt set name or your YAML (default: the data set's)."),
+            click.option("--arch", default="clef-tiny", show_default=True,
+                         help="Architecture (ViT-B-16-quickgelu with FaRL weights for the paper)."),
+            click.option("--weights", default=None, help="Weights file (FaRL, OpenAI, open_clip, safetensors, clefctl) "
+                                                          "or an open_clip pretrained tag."),
+            click.option("--trust-checkpoint", is_flag=True, help="Allow full unpickling of a trusted weights file."),
+        ]):
+            f = o(f)
+        return f
+    return deco
+
+
+def _train_config(kw: dict) -> TrainConfig:
+    return TrainConfig(epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], weight_decay=kw["weight_decay"],
+                       warmup_epochs=kw["warmup_epochs"], min_lr=kw["min_lr"], grad_clip=kw["grad_clip"],
+                       amp=kw["amp"], seed=kw["seed"], num_workers=kw["workers"], max_steps=kw["max_steps"],
+                       progress=not kw["no_progress"] and not kw["as_json"])
+
+
+def _report(run, as_json: bool, extra: dict) -> None:
+    out = {"run": str(run.path), "model": str(run.model_path), **extra}
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    from rich.console import Console
+
+    c = Console()
+    c.print(f"[green]done[/green]: {run.path}")
+    for k, v in extra.items():
+        c.print(f"  {k}: {v}")
+    c.print(f"  checkpoint: {run.model_path}")
+
+
+@click.command("pretrain")
+@data_options("synthetic-au")
+@click.option("--max-frames", type=int, default=None, help="Sample this many frames evenly over the tasks "
+                                                             "(the paper: 480000 of BP4D+).")
+@click.option("--temperature", type=float, default=0.25, show_default=True, help="Epsilon of Eq. 1.")
+@click.option("--no-activity-text", is_flag=True, help="Ablation 'PI': image-image L_II only (Table 6).")
+@train_options(epochs=5, lr=5e-4, warmup=1)
+def pretrain(**kw) -> None:
+    """Stage 1: activity-supervised cross-modal contrastive pre-training (Eq. 1-2).
+
+    With no options: the embedded synthetic-au data and the clef-tiny model, sized for a CPU.
+
+    \b
+    Example: clefctl pretrain
+    Paper:   clefctl pretrain --dataset bp4dplus --max-frames 480000 --arch ViT-B-16-quickgelu \\
+               --weights FaRL-Base-Patch16-LAIONFace20M-ep64.pth --lr 5e-5 --epochs 5
+    """
+    from clefctl.pretrain import PretrainOptions, run_pretrain
+
+    opts = PretrainOptions(dataset=kw["dataset"], data_root=kw["data_root"], dataset_root=kw["dataset_root"],
+                           max_frames=kw["max_frames"], arch=kw["arch"], weights=kw["weights"],
+                           trust_checkpoint=kw["trust_checkpoint"], prompts=kw["prompts"],
+                           temperature=kw["temperature"], no_activity_text=kw["no_activity_text"],
+                           device=kw["device"], workspace=kw["workspace"], resume=kw["resume"],
+                           train=_train_config(kw))
+    run = run_pretrain(opts)
+    _report(run, kw["as_json"], {"stage": "pretrain", "dataset": opts.dataset})
+
+
+@click.command("finetune")
+@data_options("synthetic-au")
+@click.option("--fold", type=int, default=1, show_default=True, help="AU data sets: the fold to train (1-based).")
+@click.option("--folds", type=int, default=None, help="Number of subject folds (default: canonical, else 3).")
+@click.option("--init", default="latest", show_default=True,
+              help="Pre-training run to start from: latest, a run name/folder, or none.")
+@click.option("--lam", type=float, default=2.0, show_default=True, help="Lambda of Eq. 6.")
+@click.option("--no-descriptions", is_flag=True, help="Ablation 'N': L_IN only, no name-description loss.")
+@click.option("--head", type=click.Choice(["text", "linear"]), default="text", show_default=True,
+              help="linear = ablation 'I': image encoder + linear classifier, no text.")
+@click.option("--no-class-weights", is_flag=True, help="All w_c = 1 in Eq. 4-5.")
+@train_options(epochs=5, lr=None, warmup=0.5)
+def finetune(**kw) -> None:
+    """Stage 2: fine-tune on AU or expression labels by contrasting images with label names (Eq. 3-6).
+
+    Starts from the latest pre-training run unless --init or --weights says otherwise. AU data sets
+    train on one subject fold (--fold); expression data sets use their official split.
+
+    \b
+    Example: clefctl finetune --dataset rafdb
+             clefctl finetune --dataset synthetic-fer --epochs 3
+    """
+    from clefctl.finetune import PAPER_LR, FinetuneOptions, run_finetune
+
+    cfg = _train_config(kw)
+    if cfg.lr is None:
+        cfg.lr = PAPER_LR.get(kw["dataset"].lower(), 2e-4)
+    init = kw["init"]
+    if kw["weights"]:
+        init = None
+    opts = FinetuneOptions(dataset=kw["dataset"], data_root=kw["data_root"], dataset_root=kw["dataset_root"],
+                           fold=kw["fold"], folds=kw["folds"], init=init, weights=kw["weights"], arch=kw["arch"],
+                           trust_checkpoint=kw["trust_checkpoint"], prompts=kw["prompts"], lam=kw["lam"],
+                           no_descriptions=kw["no_descriptions"], head=kw["head"],
+                           class_weighting=not kw["no_class_weights"], device=kw["device"],
+                           workspace=kw["workspace"], resume=kw["resume"], train=cfg)
+    if init == "latest":
+        from clefctl.workspace import Workspace
+
+        if Workspace(opts.workspace).latest("pretrain") is None:
+            opts.init = None
+            click.echo("note: no pre-training run in the workspace; starting from "
+                       f"{'--weights' if opts.weights else 'a random ' + opts.arch}", err=True)
+    run = run_finetune(opts)
+    extra = {"stage": "finetune", "dataset": opts.dataset}
+    metrics_file = run.path / "test_metrics.json"
+    if metrics_file.is_file():
+        m = json.loads(metrics_file.read_text())
+        extra.update({k: round(v, 2) for k, v in m.items() if k in ("accuracy", "macro_f1", "mean_f1")})
+        extra["protocol"] = m.get("protocol")
+    _report(run, kw["as_json"], extra)

@@ -1,0 +1,346 @@
+"""One training loop for both CLEF stages.
+
+AdamW with a linear warm-up and cosine decay to ``min_lr``; optional gradient clipping; bf16
+autocast (``amp``); ``torchrun`` data parallelism with gradients averaged over ranks; seeded,
+exactly resumable runs; a rich progress bar; ``metrics.jsonl``; atomic checkpoints every epoch
+and on SIGINT/SIGTERM; a NaN/inf loss stops the run and keeps the last good checkpoint.
+
+A stage supplies a :class:`Task`: which modules train, and ``loss(batch, step_rng)`` returning
+the loss and the numbers to log. Everything random in a step is a pure function of
+(seed, epoch, sample index) or (seed, global step), which is what makes ``--resume`` exact.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from clefctl import distributed as dist
+from clefctl.errors import ClefError
+from clefctl.model import ClefModel
+from clefctl.paths import atomic_path
+from clefctl.workspace import Run
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 5
+    batch_size: int = 64
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    warmup_epochs: float = 1.0
+    min_lr: float = 1e-6
+    grad_clip: float | None = None
+    amp: str = "auto"            # auto | bf16 | off
+    seed: int = 0
+    num_workers: int | None = None  # None: 0 on small CPUs, more on GPU machines
+    max_steps: int | None = None    # stop after this many optimizer steps in total (resumable)
+    log_every: int = 10
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Task(Protocol):
+    def modules(self) -> dict[str, torch.nn.Module]: ...
+    def loss(self, batch: dict, rng: random.Random) -> tuple[torch.Tensor, dict]: ...
+
+
+def choose_amp(amp: str, device: torch.device, model: ClefModel) -> torch.dtype | None:
+    """bf16 autocast or None. ``auto``: bf16 on CUDA; on CPU only for wide models (measured here:
+    autocast made a ViT-B-16 training step 1.8x faster on an AVX512-BF16 CPU but clef-tiny slower)."""
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp != "auto":
+        raise ClefError(f"unknown --amp {amp!r}", hint="use auto, bf16 or off")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    width = getattr(model.clip.visual, "transformer", None)
+    width = getattr(width, "width", 0) or 0
+    return torch.bfloat16 if width >= 512 else None
+
+
+class SeededDataset(Dataset):
+    """Makes each sample's augmentation a pure function of (seed, epoch, index)."""
+
+    def __init__(self, base: Dataset, seed: int):
+        self.base, self.seed, self.epoch = base, seed, 0
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, index):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 7919 + int(index)) % (2 ** 63))
+            return self.base[index]
+
+
+class EpochSampler(Sampler):
+    """Seeded permutation per epoch, whole batches only, sharded over ranks, can skip a prefix."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, skip_batches: int = 0,
+                 rank: int = 0, world: int = 1):
+        self.n, self.b, self.seed, self.epoch = n, batch_size, seed, epoch
+        self.skip, self.rank, self.world = skip_batches, rank, world
+
+    def batches_per_epoch(self) -> int:
+        return self.n // (self.b * self.world)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        global_b = self.b * self.world
+        for k in range(self.skip, self.batches_per_epoch()):
+            chunk = perm[k * global_b:(k + 1) * global_b]
+            yield from chunk[self.rank * self.b:(self.rank + 1) * self.b]
+
+    def __len__(self):
+        return (self.batches_per_epoch() - self.skip) * self.b
+
+
+def lr_lambda(total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> Callable[[int], float]:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr``."""
+    floor = min_lr / lr if lr > 0 else 0.0
+
+    def f(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return f
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "numpy_pos": int(np_state[2]), "python": list(map(int, random.getstate()[1]))}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+
+
+def _default_workers(device: torch.device) -> int:
+    cpus = os.cpu_count() or 1
+    if device.type == "cuda":
+        return min(8, max(1, cpus // max(1, dist.world_size())) - 1)
+    return 0 if cpus <= 4 else min(4, cpus // 4)
+
+
+@dataclass
+class FitResult:
+    epochs_done: int
+    global_step: int
+    last_loss: float
+    seconds: float
+    skipped_images: int
+    history: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    """Runs ``task`` over ``dataset`` with the settings of ``cfg``, writing into ``run``."""
+
+    def __init__(self, model: ClefModel, task: Task, cfg: TrainConfig, run: Run, meta: dict):
+        self.model, self.task, self.cfg, self.run, self.meta = model, task, cfg, run, dict(meta)
+        self.device = model.device
+        self.params = [p for m in task.modules().values() for p in m.parameters() if p.requires_grad]
+        decay = [p for p in self.params if p.ndim >= 2]
+        no_decay = [p for p in self.params if p.ndim < 2]  # biases, norms, logit scale, embeddings' 1-d
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+        self.amp_dtype = choose_amp(cfg.amp, self.device, model)
+        self._stop_signal: int | None = None
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    @property
+    def last_path(self) -> Path:
+        return self.run.checkpoints / "last.pt"
+
+    def save_state(self, epoch: int, step_in_epoch: int, global_step: int, scheduler) -> None:
+        if not dist.is_main():
+            return
+        import json
+
+        meta = dict(self.meta, arch=self.model.arch, quick_gelu=self.model.quick_gelu, format=1)
+        payload = {
+            "clefctl": json.loads(json.dumps(meta, default=str)),
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.clip.state_dict().items()},
+            "modules": {name: m.state_dict() for name, m in self.task.modules().items() if name != "clip"},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(),
+            "progress": {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step},
+        }
+        with atomic_path(self.last_path) as tmp:
+            torch.save(payload, tmp)
+
+    def load_state(self, path: Path, scheduler) -> dict:
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ClefError(f"cannot read the training checkpoint ({exc})", path=path) from None
+        self.model.clip.load_state_dict(ck["state_dict"])
+        for name, m in self.task.modules().items():
+            if name != "clip" and name in ck.get("modules", {}):
+                m.load_state_dict(ck["modules"][name])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        _set_rng_state(ck["rng"])
+        return ck["progress"]
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame):
+        self._stop_signal = signum
+
+    def fit(self, dataset: Dataset, resume_from: Path | None = None) -> FitResult:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % (2 ** 32))
+        seeded = SeededDataset(dataset, cfg.seed)
+        world, rank = dist.world_size(), dist.rank()
+        steps_per_epoch = len(dataset) // (cfg.batch_size * world)
+        if steps_per_epoch == 0:
+            raise ClefError(f"the training set has {len(dataset)} images, fewer than one batch of "
+                            f"{cfg.batch_size * world}", hint="use a smaller --batch-size")
+        total_epochs = max(1, math.ceil(cfg.epochs))
+        total_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
+        if cfg.max_steps is not None:
+            total_steps = min(total_steps, cfg.max_steps) if cfg.max_steps > 0 else total_steps
+        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(int(round(cfg.epochs * steps_per_epoch)), warmup, cfg.lr, cfg.min_lr))
+        epoch, skip, global_step = 0, 0, 0
+        if resume_from is not None:
+            prog = self.load_state(resume_from, scheduler)
+            epoch, skip, global_step = prog["epoch"], prog["step_in_epoch"], prog["global_step"]
+            if skip >= steps_per_epoch:
+                epoch, skip = epoch + 1, 0
+        workers = _default_workers(self.device) if cfg.num_workers is None else cfg.num_workers
+        from clefctl.data.records import collate
+
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        history: list[dict] = []
+        last_loss, t_start, seen = float("nan"), time.time(), 0
+        progress = _progress(cfg.progress and dist.is_main())
+        try:
+            with progress:
+                bar = progress.add_task(self.meta.get("stage", "train"), total=total_steps,
+                                        completed=global_step, loss=float("nan"), lr=0.0, speed=0.0)
+                while epoch < total_epochs and global_step < total_steps:
+                    seeded.epoch = epoch
+                    sampler = EpochSampler(len(dataset), cfg.batch_size, cfg.seed, epoch, skip, rank, world)
+                    loader = DataLoader(seeded, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                                        num_workers=workers, collate_fn=collate,
+                                        pin_memory=self.device.type == "cuda")
+                    step_in_epoch, epoch_losses, t_epoch = skip, [], time.time()
+                    for m in self.task.modules().values():
+                        m.train()
+                    for batch in loader:
+                        t0 = time.time()
+                        batch = {k: (tuple(x.to(self.device, non_blocking=True) for x in v) if isinstance(v, tuple)
+                                     else v.to(self.device, non_blocking=True)) for k, v in batch.items()}
+                        step_rng = random.Random(cfg.seed * 1_000_003 + global_step)
+                        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                                            enabled=self.amp_dtype is not None):
+                            loss, logs = self.task.loss(batch, step_rng)
+                        loss_value = float(dist.reduce_mean(loss.detach().float()))
+                        if not math.isfinite(loss_value):
+                            where = (f"the last good checkpoint is {self.last_path}" if self.last_path.exists()
+                                     else "no checkpoint was written yet")
+                            raise ClefError(f"loss became {loss_value} at epoch {epoch + 1}, step {global_step + 1}; "
+                                            f"training stopped and {where}",
+                                            hint="lower --lr, set --grad-clip 1.0 or --amp off, then --resume")
+                        self.optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        _average_gradients(self.params)
+                        if cfg.grad_clip:
+                            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+                        self.optimizer.step()
+                        scheduler.step()
+                        with torch.no_grad():  # CLIP's clamp: the logit scale stays <= 100
+                            self.model.clip.logit_scale.clamp_(0, math.log(100))
+                        global_step += 1
+                        step_in_epoch += 1
+                        n_batch = cfg.batch_size * world
+                        seen += n_batch
+                        speed = n_batch / max(1e-9, time.time() - t0)
+                        last_loss = loss_value
+                        epoch_losses.append(loss_value)
+                        lr_now = self.optimizer.param_groups[0]["lr"]
+                        progress.update(bar, advance=1, loss=loss_value, lr=lr_now, speed=speed)
+                        if dist.is_main() and (global_step % cfg.log_every == 0 or global_step == 1):
+                            self.run.log({"kind": "step", "epoch": epoch, "step": global_step, "loss": loss_value,
+                                          "lr": lr_now, "samples_per_s": speed,
+                                          **{k: float(v) for k, v in logs.items()}})
+                        if self._stop_signal is not None:
+                            self.save_state(epoch, step_in_epoch, global_step, scheduler)
+                            name = signal.Signals(self._stop_signal).name
+                            progress.stop()
+                            raise KeyboardInterrupt(f"{name}: checkpoint saved at {self.last_path}; "
+                                                    f"continue with --resume")
+                        if global_step >= total_steps:
+                            break
+                    skip = 0
+                    done_epoch = step_in_epoch >= steps_per_epoch
+                    record = {"kind": "epoch", "epoch": epoch, "step": global_step,
+                              "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
+                              "seconds": time.time() - t_epoch}
+                    history.append(record)
+                    if dist.is_main():
+                        self.run.log(record)
+                    if done_epoch:
+                        epoch += 1
+                    self.save_state(epoch, 0 if done_epoch else step_in_epoch, global_step, scheduler)
+        finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        return FitResult(epoch, global_step, last_loss, time.time() - t_start,
+                         int(getattr(dataset, "skipped", 0)), history)
+
+
+def _average_gradients(params: list[torch.Tensor]) -> None:
+    """All-reduce mean of gradients over ranks (what DDP does; our steps call encode_image and
+    encode_text directly, so the DDP wrapper's forward hooks would not fire)."""
+    if not dist.is_distributed():
+        return
+    import torch.distributed as tdist
+
+    world = dist.world_size()
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    tdist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset:offset + n].view_as(g))
+        offset += n
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  "
+                               "{task.fields[speed]:.0f} img/s"),
+                    TimeRemainingColumn(), disable=not enabled, transient=False)

@@ -1,0 +1,259 @@
+"""CLEF stage 2: text-driven fine-tuning (paper section 3.2, Eq. 3-6) and prediction.
+
+Images are contrasted with the text features of the label names ("a photo of a person with
+{name}."): Eq. 4 (expressions, softmax over names) or Eq. 5 (AUs, a sigmoid per name), plus the
+name-description loss Eq. 3 with one random description per class and one random template per
+batch; the total is Eq. 6, ``(lam * L_IN + L_DN) / 2``. Prediction is the most similar label
+name (FER) or ``sigmoid(logit_scale * image . name) > 0.5`` per AU.
+
+Ablations of Table 6: ``no_descriptions`` (L_IN alone, the "N" rows) and ``head="linear"`` (the
+image encoder + a linear classifier, no text: the "I" rows).
+
+Example::
+
+    >>> from clefctl.finetune import FinetuneOptions, run_finetune
+    >>> run = run_finetune(FinetuneOptions(dataset="synthetic-fer"))
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clefctl import distributed as dist
+from clefctl.engine import TrainConfig, Trainer
+from clefctl.errors import ClefError
+from clefctl.losses import (au_loss, au_loss_from_logits, fer_loss, fer_loss_from_logits, finetune_loss,
+                            name_description_loss)
+from clefctl.model import ClefModel, create, save_checkpoint
+from clefctl.workspace import Run, Workspace
+
+# Paper section 4.2: lr 2e-4 for BP4D, AffectNet, RAF-DB; 1e-4 for DISFA and FERPlus.
+PAPER_LR = {"disfa": 1e-4, "ferplus": 1e-4}
+DEFAULT_FOLDS = {"bp4dplus": 4}
+
+
+@dataclass
+class FinetuneOptions:
+    dataset: str = "synthetic-au"
+    data_root: str | None = None
+    dataset_root: str | None = None
+    fold: int = 1                      # AU data sets: which subject fold to train on (1-based)
+    folds: int | None = None           # number of folds (canonical count, 3, or 4 for BP4D+)
+    init: str | None = None            # a pre-training run (name/folder) or "latest" (default)
+    weights: str | None = None         # a weights file instead of a pre-training run
+    arch: str = "clef-tiny"            # used only when starting from --weights or random
+    trust_checkpoint: bool = False
+    prompts: str | None = None         # prompt set name or a user's YAML (default: the data set's)
+    lam: float = 2.0                   # lambda of Eq. 6
+    no_descriptions: bool = False      # L_IN only (Table 6 "N")
+    head: str = "text"                 # text | linear (Table 6 "I": no text encoder)
+    class_weighting: bool = True       # w_c of Eq. 4-5 from training-fold frequencies
+    device: str | None = None
+    workspace: str | None = None
+    resume: str | None = None
+    evaluate: bool = True              # score the held-out part after training
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, warmup_epochs=0.5, lr=2e-4))
+
+
+class FinetuneTask:
+    """Eq. 6 (text head) or Eq. 4/5 on a linear head's logits."""
+
+    def __init__(self, model: ClefModel, prompts, task: str, weights: torch.Tensor | None,
+                 lam: float, use_descriptions: bool, head: torch.nn.Module | None):
+        self.model, self.prompts, self.task = model, prompts, task
+        self.weights, self.lam, self.use_descriptions, self.head = weights, lam, use_descriptions, head
+        self.name_tokens = model.tokenizer(prompts.name_texts())
+
+    def modules(self):
+        mods = {"clip": self.model.clip}
+        if self.head is not None:
+            mods["head"] = self.head
+        return mods
+
+    def loss(self, batch: dict, rng: random.Random):
+        clip = self.model.clip
+        x = batch["image"]
+        device = x.device
+        w = self.weights.to(device) if self.weights is not None else None
+        zi = clip.encode_image(x)
+        if self.head is not None:
+            logits = self.head(F.normalize(zi, dim=-1))
+            if self.task == "fer":
+                return fer_loss_from_logits(logits.float(), batch["label"], w), {}
+            return au_loss_from_logits(logits.float(), batch["aus"], w, batch["au_mask"]), {}
+        scale = clip.logit_scale.exp()
+        zn = clip.encode_text(self.name_tokens.to(device))
+        if self.task == "fer":
+            l_in = fer_loss(zi, zn, batch["label"], w, scale)
+        else:
+            l_in = au_loss(zi, zn, batch["aus"], w, scale, batch["au_mask"])
+        if not self.use_descriptions:
+            return l_in, {"l_in": l_in.detach()}
+        zd = clip.encode_text(self.model.tokenizer(self.prompts.description_texts(rng)).to(device))
+        l_dn = name_description_loss(zd, zn, scale)
+        return finetune_loss(l_in, l_dn, self.lam), {"l_in": l_in.detach(), "l_dn": l_dn.detach()}
+
+
+def _init_model(opts: FinetuneOptions, ws: Workspace) -> tuple[ClefModel, str]:
+    if opts.weights:
+        return create(opts.arch, opts.weights, opts.device, seed=opts.train.seed,
+                      trust_checkpoint=opts.trust_checkpoint), f"weights {opts.weights}"
+    if opts.init not in (None, "", "none"):
+        run = ws.resolve("pretrain", opts.init)
+        if run is None:
+            raise ClefError("--init latest: no pre-training run in the workspace", path=ws.root,
+                            hint="run `clefctl pretrain` first, or pass --init none / --weights FILE")
+        if not run.model_path.is_file():
+            raise ClefError("pre-training run has no model.pt (it did not finish)", path=run.path,
+                            hint="finish it with `clefctl pretrain --resume` or choose another run")
+        return create(weights=str(run.model_path), device=opts.device), f"pretrain run {run.name}"
+    return create(opts.arch, None, opts.device, seed=opts.train.seed), "random initialisation"
+
+
+def split_for(bundle, opts: FinetuneOptions):
+    """(train, test, folds-or-None, description) for the data set's protocol."""
+    from clefctl.data.folds import make_folds, official_split
+
+    if any(s.split for s in bundle.samples):
+        train, test = official_split(bundle)
+        return train, test, None, "official train/test split"
+    k = opts.folds or (len(bundle.canonical_folds) if bundle.canonical_folds else DEFAULT_FOLDS.get(bundle.name, 3))
+    folds = make_folds(bundle, k, seed=opts.train.seed)
+    if not 1 <= opts.fold <= len(folds):
+        raise ClefError(f"--fold {opts.fold} out of range: {bundle.name} has {len(folds)} folds")
+    fold = folds[opts.fold - 1]
+    from clefctl.data.folds import split_samples
+
+    train, test = split_samples(bundle, fold)
+    return train, test, folds, f"fold {fold.index} of {len(folds)} (subject-exclusive)"
+
+
+def run_finetune(opts: FinetuneOptions) -> Run:
+    """Train stage 2 and return the run; ``model.pt`` stores the class-name text embeddings."""
+    from clefctl.data import load_dataset
+    from clefctl.data.folds import save_folds
+    from clefctl.data.records import SampleDataset
+    from clefctl.data.transforms import transforms_for
+    from clefctl.data.weights import class_weights
+    from clefctl.prompts import load_prompts
+
+    ws = Workspace(opts.workspace)
+    resume_run = ws.resolve("finetune", opts.resume) if opts.resume else None
+    if opts.resume and resume_run is None:
+        raise ClefError("nothing to resume: no fine-tuning run in the workspace", path=ws.root)
+    if resume_run is not None:
+        from clefctl.pretrain import _options_from_run
+
+        opts = _options_from_run(resume_run, opts)
+    if opts.head not in ("text", "linear"):
+        raise ClefError(f"unknown --head {opts.head!r}", hint="use text or linear")
+    dist.setup_from_env()
+    bundle = load_dataset(opts.dataset, root=opts.dataset_root, data_root=opts.data_root)
+    if bundle.task not in ("au", "fer"):
+        raise ClefError(f"data set {bundle.name} has no AU or expression labels to fine-tune on")
+    prompts = load_prompts(opts.prompts or bundle.prompts or _need_prompts(bundle))
+    prompts = prompts.subset(bundle.classes)
+    train, test, folds, protocol = split_for(bundle, opts)
+    if not train:
+        raise ClefError(f"no training samples in {bundle.name} for {protocol}", path=bundle.root)
+    model, init_desc = _init_model(opts, ws)
+    weights = torch.as_tensor(class_weights(train, bundle.task, len(bundle.classes)), dtype=torch.float32) \
+        if opts.class_weighting else None
+    head = None
+    if opts.head == "linear":
+        torch.manual_seed(opts.train.seed)
+        head = torch.nn.Linear(model.embed_dim, len(bundle.classes)).to(model.device)
+    dataset = SampleDataset(train, transforms_for(model, train=True), classes_count=len(bundle.classes),
+                            task=bundle.task)
+    run = resume_run or ws.new_run("finetune", f"{bundle.name}-{opts.head}" +
+                                   (f"-fold{opts.fold}" if folds else ""))
+    opts.train.lr = opts.train.lr if opts.train.lr else PAPER_LR.get(bundle.name, 2e-4)
+    config = {"stage": "finetune", "options": _jsonable(opts), "dataset": bundle.name, "task": bundle.task,
+              "classes": bundle.classes, "protocol": protocol, "init": init_desc, "arch": model.arch,
+              "init_fingerprint": model.fingerprint, "train_samples": len(train), "test_samples": len(test),
+              "prompts_hash": prompts.hash,
+              "class_weights": weights.tolist() if weights is not None else None}
+    if dist.is_main() and resume_run is None:
+        run.save_config(config)
+        prompts.save(run.path / "prompts.yaml")
+        if folds:
+            save_folds(folds, run.path / "folds.json", dataset=bundle.name, seed=opts.train.seed)
+    task = FinetuneTask(model, prompts, bundle.task, weights, opts.lam, not opts.no_descriptions, head)
+    meta = {"stage": "finetune", "dataset": bundle.name, "task": bundle.task, "classes": bundle.classes,
+            "head": opts.head, "fold": opts.fold if folds else None, "prompts_hash": prompts.hash,
+            "run": run.name}
+    trainer = Trainer(model, task, opts.train, run, meta)
+    result = trainer.fit(dataset, resume_from=trainer.last_path if resume_run is not None else None)
+    if dist.is_main():
+        extras = {"name_embeddings": model.encode_texts(prompts.name_texts())}
+        if head is not None:
+            extras["head_weight"], extras["head_bias"] = head.weight.detach(), head.bias.detach()
+        save_checkpoint(run.model_path, model, dict(meta, epochs=result.epochs_done, steps=result.global_step),
+                        extras=extras)
+        if opts.evaluate and test:
+            from clefctl.paths import write_json_atomic
+
+            scores = predict_scores(model, test, extras, bundle.task)
+            summary = quick_metrics(test, scores, bundle.task, bundle.classes)
+            summary.update(protocol=protocol, test_samples=len(test))
+            write_json_atomic(run.path / "test_metrics.json", summary)
+            run.log({"kind": "test", "step": result.global_step, **{k: v for k, v in summary.items()
+                                                                   if isinstance(v, (int, float))}})
+        ws.set_latest(run)
+    dist.barrier()
+    return run
+
+
+def _need_prompts(bundle) -> str:
+    raise ClefError(f"data set {bundle.name} has no shipped prompt set", path=bundle.root,
+                    hint="pass --prompts my_prompts.yaml with one class per label")
+
+
+def _jsonable(opts) -> dict:
+    d = asdict(opts)
+    d.pop("resume", None)
+    return d
+
+
+def predict_scores(model: ClefModel, samples, extras: dict, task: str, batch_size: int = 128,
+                   progress: bool = False) -> np.ndarray:
+    """Class scores (N, C) in [0, 1]: softmax over names (FER) or sigmoid per AU (AU)."""
+    from clefctl.data.records import SampleDataset
+    from clefctl.data.transforms import transforms_for
+
+    ds = SampleDataset(samples, transforms_for(model, train=False), classes_count=0, task=task)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
+    feats = torch.cat([model.encode_images(b["image"]) for b in loader]) if len(ds) else torch.zeros(0, 1)
+    return scores_from_features(feats, extras, task, float(model.logit_scale.detach()))
+
+
+def scores_from_features(feats: torch.Tensor, extras: dict, task: str, logit_scale: float) -> np.ndarray:
+    """Scores from cached unit image features: the store re-uses this without the image encoder."""
+    if "head_weight" in extras:
+        logits = feats @ extras["head_weight"].T.float() + extras["head_bias"].float()
+    else:
+        logits = logit_scale * feats @ F.normalize(extras["name_embeddings"].float(), dim=-1).T
+    probs = torch.softmax(logits, dim=1) if task == "fer" else torch.sigmoid(logits)
+    return probs.numpy()
+
+
+def quick_metrics(samples, scores: np.ndarray, task: str, classes: list[str]) -> dict:
+    """Accuracy (FER) or mean F1 at 0.5 over coded entries (AU), in percent."""
+    from sklearn.metrics import f1_score
+
+    if task == "fer":
+        y = np.array([s.label for s in samples])
+        pred = scores.argmax(1)
+        return {"accuracy": float((pred == y).mean() * 100),
+                "macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(len(classes)))) * 100)}
+    y = np.stack([s.aus for s in samples])
+    m = np.stack([s.au_mask if s.au_mask is not None else np.ones_like(s.aus) for s in samples])
+    pred = (scores > 0.5).astype(int)
+    f1s = {c: float(f1_score(y[m[:, j] > 0, j], pred[m[:, j] > 0, j], zero_division=0) * 100)
+           for j, c in enumerate(classes)}
+    return {"mean_f1": float(np.mean(list(f1s.values()))), "f1": f1s}

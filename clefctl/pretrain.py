@@ -1,0 +1,161 @@
+"""CLEF stage 1: activity-supervised cross-modal contrastive pre-training (paper section 3.1, Eq. 1-2).
+
+Each batch holds two augmented views of n frames and the text of each frame's recording
+activity (BP4D/BP4D+ task), rendered with one random activity template per batch. The loss is
+Eq. 2, ``sup_con(view1, view2) + sup_con(view1, activity_text)``: images and texts of the same
+activity are positives. ``no_activity_text`` keeps only L_II (the "PI" rows of Table 6).
+
+Example::
+
+    >>> from clefctl.pretrain import PretrainOptions, run_pretrain
+    >>> run = run_pretrain(PretrainOptions())          # synthetic-au, clef-tiny, CPU-sized
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from clefctl import distributed as dist
+from clefctl.engine import TrainConfig, Trainer
+from clefctl.errors import ClefError
+from clefctl.losses import pretrain_loss, sup_con
+from clefctl.model import ClefModel, create, save_checkpoint
+from clefctl.workspace import Run, Workspace
+
+PRETRAIN_DATASETS = ("bp4d", "bp4dplus", "manifest", "synthetic-au")
+
+
+@dataclass
+class PretrainOptions:
+    dataset: str = "synthetic-au"
+    data_root: str | None = None
+    dataset_root: str | None = None
+    max_frames: int | None = None        # BP4D+: the paper samples 480k frames evenly over tasks
+    arch: str = "clef-tiny"
+    weights: str | None = None           # e.g. FaRL-Base-Patch16-LAIONFace20M-ep64.pth
+    trust_checkpoint: bool = False
+    prompts: str | None = None           # prompt set name or YAML path (default: the data set's)
+    temperature: float = 0.25            # epsilon of Eq. 1
+    no_activity_text: bool = False       # Table 6 "PI" only: L_II alone
+    device: str | None = None
+    workspace: str | None = None
+    resume: str | None = None            # run name/folder, or "latest"
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, warmup_epochs=1, lr=5e-4))
+
+
+class PretrainTask:
+    """Eq. 2 on a batch of two views + activity texts (or Eq. 1 on the views alone)."""
+
+    def __init__(self, model: ClefModel, prompts, activities: list[str], temperature: float,
+                 use_text: bool):
+        self.model, self.prompts, self.activities = model, prompts, activities
+        self.temperature, self.use_text = temperature, use_text
+
+    def modules(self):
+        return {"clip": self.model.clip}
+
+    def loss(self, batch: dict, rng: random.Random):
+        clip = self.model.clip
+        v1, v2 = batch["image"]
+        labels = batch["activity"]
+        z1, z2 = clip.encode_image(v1), clip.encode_image(v2)
+        anchor_rows = None
+        if dist.is_distributed():
+            n = z1.shape[0]
+            anchor_rows = dist.local_slice(n)
+            z1 = dist.gather_features(z1, with_grad=True)
+            z2 = dist.gather_features(z2, with_grad=True)
+        if not self.use_text:
+            lab = dist.gather_features(labels) if dist.is_distributed() else labels
+            l_ii = sup_con(z1, z2, lab, self.temperature, anchor_rows=anchor_rows)
+            return l_ii, {"l_ii": l_ii.detach()}
+        ids = [self.activities[i] for i in labels.tolist()]
+        texts = self.prompts.activity_texts(ids, rng)
+        uniq = sorted(set(texts))
+        za_u = clip.encode_text(self.model.tokenizer(uniq).to(v1.device))
+        za = za_u[torch.tensor([uniq.index(t) for t in texts], device=v1.device)]
+        if dist.is_distributed():
+            za = dist.gather_features(za, with_grad=True)
+            labels = dist.gather_features(labels)
+        loss = pretrain_loss(z1, z2, za, labels, self.temperature, anchor_rows=anchor_rows)
+        return loss, {}
+
+
+def _load_pretrain_data(opts: PretrainOptions):
+    from clefctl.data import load_dataset
+
+    name = opts.dataset.lower()
+    kwargs = {}
+    if name in ("bp4d", "bp4dplus", "synthetic-au"):
+        kwargs["mode"] = "pretrain"
+        if opts.max_frames:
+            kwargs["max_frames"] = opts.max_frames
+    bundle = load_dataset(name, root=opts.dataset_root, data_root=opts.data_root, **kwargs)
+    with_activity = [s for s in bundle.samples if s.activity]
+    if not with_activity:
+        raise ClefError(f"data set {bundle.name} has no activity (task) labels; pre-training needs them",
+                        path=bundle.root, hint="use bp4d, bp4dplus, synthetic-au or a manifest with an "
+                                               "'activity' column")
+    bundle.samples = with_activity
+    return bundle
+
+
+def run_pretrain(opts: PretrainOptions) -> Run:
+    """Train stage 1 and return the run (its ``model.pt`` loads with ``clefctl.model.create``)."""
+    from clefctl.data.records import SampleDataset
+    from clefctl.data.transforms import TwoViews, transforms_for
+    from clefctl.prompts import load_prompts
+
+    ws = Workspace(opts.workspace)
+    resume_run = ws.resolve("pretrain", opts.resume) if opts.resume else None
+    if opts.resume and resume_run is None:
+        raise ClefError("nothing to resume: no pre-training run in the workspace", path=ws.root)
+    if resume_run is not None:
+        opts = _options_from_run(resume_run, opts)
+    dist.setup_from_env()
+    bundle = _load_pretrain_data(opts)
+    prompts = load_prompts(opts.prompts or bundle.prompts or "bp4d")
+    if not opts.no_activity_text:
+        missing = sorted({s.activity for s in bundle.samples} - set(prompts.activity_ids))
+        if missing:
+            raise ClefError(f"prompt set '{prompts.dataset}' has no description for activities "
+                            f"{', '.join(missing)}", path=prompts.source, hint="add them under 'activities:'")
+    model = create(opts.arch, opts.weights, opts.device, seed=opts.train.seed,
+                   trust_checkpoint=opts.trust_checkpoint)
+    activities = sorted({s.activity for s in bundle.samples})
+    dataset = SampleDataset(bundle.samples, TwoViews(transforms_for(model, train=True)),
+                            classes_count=0, task="activity", activities=activities)
+    run = resume_run or ws.new_run("pretrain", f"{bundle.name}-{model.arch}")
+    config = {"stage": "pretrain", "options": _jsonable(opts), "dataset": bundle.name, "arch": model.arch,
+              "init_fingerprint": model.fingerprint, "frames": len(bundle.samples),
+              "activities": activities, "prompts_hash": prompts.hash}
+    if dist.is_main() and resume_run is None:
+        run.save_config(config)
+        prompts.save(run.path / "prompts.yaml")
+    task = PretrainTask(model, prompts, activities, opts.temperature, not opts.no_activity_text)
+    meta = {"stage": "pretrain", "dataset": bundle.name, "run": run.name}
+    trainer = Trainer(model, task, opts.train, run, meta)
+    result = trainer.fit(dataset, resume_from=trainer.last_path if resume_run is not None else None)
+    if dist.is_main():
+        save_checkpoint(run.model_path, model, dict(meta, epochs=result.epochs_done, steps=result.global_step,
+                                                    skipped_images=result.skipped_images))
+        ws.set_latest(run)
+    dist.barrier()
+    return run
+
+
+def _jsonable(opts) -> dict:
+    d = asdict(opts)
+    d.pop("resume", None)
+    return d
+
+
+def _options_from_run(run: Run, given):
+    """Rebuild the options a run was started with (``--resume`` continues exactly that run)."""
+    cfg = run.config().get("options", {})
+    train = TrainConfig(**{**cfg.pop("train", {}), "progress": given.train.progress,
+                           "max_steps": given.train.max_steps})
+    return type(given)(**{**cfg, "train": train, "resume": given.resume})

@@ -1,0 +1,176 @@
+"""Training engine and the two CLEF stages on tiny synthetic data sets (real BP4D/RAF-DB layouts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+
+import pytest
+import torch
+
+from clefctl import model as M
+from clefctl.engine import TrainConfig, Trainer
+from clefctl.errors import ClefError
+from clefctl.finetune import FinetuneOptions, run_finetune
+from clefctl.pretrain import PretrainOptions, run_pretrain
+from clefctl.workspace import Workspace
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from clefctl.data import synthetic
+
+    root = tmp_path_factory.mktemp("synth")
+    au = synthetic.write_au(root / "au", subjects=6, tasks=8, frames_per_task=3, size=64, seed=0, workers=1,
+                            progress=False)
+    fer = synthetic.write_fer(root / "fer", subjects=12, images_per_class=24, size=64, seed=0, workers=1,
+                              progress=False)
+    return {"au": str(au), "fer": str(fer)}
+
+
+def _cfg(**kw):
+    base = dict(epochs=1, batch_size=16, lr=1e-3, warmup_epochs=0.2, seed=0, num_workers=0, progress=False,
+                log_every=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _mean(values):
+    return sum(values) / len(values)
+
+
+def test_pretrain_then_finetune_lowers_losses(synth, tmp_path):
+    ws = str(tmp_path / "ws")
+    pre = run_pretrain(PretrainOptions(dataset="bp4d", dataset_root=synth["au"], workspace=ws,
+                                       train=_cfg(epochs=2, batch_size=32)))
+    steps = [r["loss"] for r in pre.metrics() if r["kind"] == "step"]
+    assert _mean(steps[-3:]) < _mean(steps[:3]), steps
+    assert Workspace(ws).latest("pretrain").path == pre.path
+    m = M.create(weights=str(pre.model_path))          # the checkpoint loads through the factory
+    assert m.arch == "clef-tiny" and m.meta["stage"] == "pretrain"
+
+    ft = run_finetune(FinetuneOptions(dataset="rafdb", dataset_root=synth["fer"], workspace=ws, init="latest",
+                                      train=_cfg(epochs=3, batch_size=32, lr=1e-3)))
+    cfg = ft.config()
+    assert cfg["init"] == f"pretrain run {pre.name}" and cfg["protocol"] == "official train/test split"
+    steps = [r["loss"] for r in ft.metrics() if r["kind"] == "step"]
+    assert _mean(steps[-3:]) < _mean(steps[:3]), steps
+    metrics = json.loads((ft.path / "test_metrics.json").read_text())
+    assert 0 <= metrics["accuracy"] <= 100 and metrics["test_samples"] > 0
+    ck = M.create(weights=str(ft.model_path))
+    assert ck.load_report.extras["name_embeddings"].shape == (7, ck.embed_dim)
+    assert ck.meta["classes"] == ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
+
+
+def test_au_finetune_on_a_subject_fold_with_ablations(synth, tmp_path):
+    ws = str(tmp_path / "ws")
+    for head, no_desc in (("text", False), ("text", True), ("linear", False)):
+        run = run_finetune(FinetuneOptions(dataset="bp4d", dataset_root=synth["au"], workspace=ws, init=None,
+                                           fold=2, folds=3, head=head, no_descriptions=no_desc,
+                                           train=_cfg(max_steps=2)))
+        folds = json.loads((run.path / "folds.json").read_text())["folds"]
+        assert not set(folds[1]["train_subjects"]) & set(folds[1]["test_subjects"])
+        metrics = json.loads((run.path / "test_metrics.json").read_text())
+        assert set(metrics["f1"]) == {f"AU{a}" for a in (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)}
+        steps = [r for r in run.metrics() if r["kind"] == "step"]
+        assert ("l_dn" in steps[0]) == (head == "text" and not no_desc)
+        extras = M.create(weights=str(run.model_path)).load_report.extras
+        assert ("head_weight" in extras) == (head == "linear")
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.clip.state_dict().items()}
+
+
+def test_resume_continues_exactly(synth, tmp_path):
+    common = dict(dataset="rafdb", dataset_root=synth["fer"], init=None)
+    # 7 steps over 3 epochs of ~2-3 steps: the interruption falls mid-epoch
+    full = run_finetune(FinetuneOptions(workspace=str(tmp_path / "a"), evaluate=False,
+                                        train=_cfg(epochs=3, batch_size=48, max_steps=None), **common))
+    part = run_finetune(FinetuneOptions(workspace=str(tmp_path / "b"), evaluate=False,
+                                        train=_cfg(epochs=3, batch_size=48, max_steps=3), **common))
+    assert json.loads(json.dumps(torch.load(part.checkpoints / "last.pt", weights_only=True)["progress"])) \
+        ["global_step"] == 3
+    resumed = run_finetune(FinetuneOptions(workspace=str(tmp_path / "b"), resume="latest", evaluate=False,
+                                           train=_cfg(epochs=3, batch_size=48, max_steps=None), **common))
+    assert resumed.path == part.path
+    a = torch.load(full.model_path, weights_only=True)["state_dict"]
+    b = torch.load(resumed.model_path, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+class _ToyTask:
+    """A task whose loss turns NaN at a chosen step, or that receives a real SIGTERM."""
+
+    def __init__(self, model, nan_at=None, signal_at=None):
+        self.model, self.nan_at, self.signal_at, self.calls = model, nan_at, signal_at, 0
+
+    def modules(self):
+        return {"clip": self.model.clip}
+
+    def loss(self, batch, rng: random.Random):
+        self.calls += 1
+        z = self.model.clip.encode_image(batch["image"])
+        loss = z.pow(2).mean()
+        if self.calls == self.signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        if self.calls == self.nan_at:
+            loss = loss * float("nan")
+        return loss, {}
+
+
+def _toy_dataset(n=32):
+    from clefctl.data.records import Sample, SampleDataset
+    import numpy as np
+
+    samples = [Sample(id=str(i), subject=str(i), pixels=np.full((64, 64, 3), i * 7 % 255, np.uint8), label=0)
+               for i in range(n)]
+    return SampleDataset(samples, lambda im: torch.from_numpy(np.asarray(im, np.float32) / 255).permute(2, 0, 1),
+                         classes_count=1, task="fer")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    model = M.create("clef-tiny")
+    run = Workspace(tmp_path).new_run("finetune", "toy")
+    trainer = Trainer(model, _ToyTask(model, nan_at=6), _cfg(epochs=3, batch_size=8), run, {"stage": "toy"})
+    with pytest.raises(ClefError, match="loss became nan at epoch 2, step 6"):
+        trainer.fit(_toy_dataset())
+    ck = torch.load(trainer.last_path, weights_only=True)
+    assert ck["progress"] == {"epoch": 1, "step_in_epoch": 0, "global_step": 4}
+    assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
+    model = M.create("clef-tiny")
+    run = Workspace(tmp_path).new_run("finetune", "toy")
+    trainer = Trainer(model, _ToyTask(model, signal_at=3), _cfg(epochs=3, batch_size=8), run, {"stage": "toy"})
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM: checkpoint saved"):
+        trainer.fit(_toy_dataset())
+    ck = torch.load(trainer.last_path, weights_only=True)
+    assert ck["progress"] == {"epoch": 0, "step_in_epoch": 3, "global_step": 3}
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+
+
+def test_cli_pretrain_and_finetune_json(synth, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from clefctl.cli import cli
+
+    ws = str(tmp_path / "ws")
+    r = CliRunner().invoke(cli, ["pretrain", "--dataset", "bp4d", "--dataset-root", synth["au"], "--workspace", ws,
+                                 "--max-steps", "2", "--batch-size", "16", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert os.path.isfile(out["model"])
+    r = CliRunner().invoke(cli, ["finetune", "--dataset", "rafdb", "--dataset-root", synth["fer"], "--workspace", ws,
+                                 "--max-steps", "2", "--batch-size", "16", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert "accuracy" in out and out["protocol"] == "official train/test split"
+    r = CliRunner().invoke(cli, ["finetune", "--dataset", "rafdb", "--dataset-root", synth["fer"], "--workspace", ws,
+                                 "--init", "nosuchrun", "--max-steps", "1"])
+    assert r.exit_code != 0 and "no pretrain run named 'nosuchrun'" in str(r.exception or r.output)
