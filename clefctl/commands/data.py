@@ -144,3 +144,89 @@ def folds_cmd(dataset, k, data_root, dataset_root, seed, allow_generated, out_fi
         click.echo(f"  test: {_subject_text(r['test_subjects'])}")
     if out_file:
         click.echo(f"wrote {out_file}")
+
+
+# --- synth, sheet: procedural synthetic faces (clefctl.data.synthetic) --------------------
+
+_SYNTH_KINDS = ("synthetic-au", "synthetic-fer")
+
+
+@data.command("synth")
+@click.option("--kind", type=click.Choice([*_SYNTH_KINDS, "all"]), default="all",
+              show_default=True, help="Which synthetic set to write.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Parent folder: each set goes to OUT/<kind> (default: the cache, $CLEF_CACHE).")
+@click.option("--subjects", default=None, type=click.IntRange(min=2),
+              help="Subjects (AU set) / identities (FER set); default 12 / 40.")
+@click.option("--frames", default=None, type=click.IntRange(min=1),
+              help="Frames per task (AU set) / images per class (FER set); default 24 / 200.")
+@click.option("--size", default=None, type=click.IntRange(min=32, max=1024),
+              help="Image side in pixels; default 128 (AU) / 100 (FER).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--force", is_flag=True, help="Regenerate even when the set is up to date.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def synth_cmd(kind, out_dir, subjects, frames, size, seed, force, as_json) -> None:
+    """Write the procedural synthetic faces: BP4D layout (AU) and RAF-DB layout (FER).
+
+    Same seed and sizes give byte-identical files; an up-to-date set is reused.
+
+    Example: clefctl data synth --kind synthetic-au --subjects 6 --frames 12 --out data
+    """
+    import json as _json
+    import time as _time
+    from pathlib import Path
+
+    from clefctl.data import synthetic
+
+    kinds = _SYNTH_KINDS if kind == "all" else (kind,)
+    rows = []
+    for k in kinds:
+        opts = {"subjects": subjects, "size": size, "seed": seed,
+                ("frames_per_task" if k == "synthetic-au" else "images_per_class"): frames}
+        root = None if out_dir is None else Path(out_dir) / k
+        t0 = _time.perf_counter()
+        root, made = synthetic.generate(k, root, force=force,
+                                        progress=None if not as_json else False, **opts)
+        meta = synthetic.read_sidecar(root)
+        rows.append({"kind": k, "root": str(root), "images": len(meta["images"]),
+                     "generated": made, "seconds": round(_time.perf_counter() - t0, 2),
+                     "params": meta["params"]})
+    if as_json:
+        click.echo(_json.dumps({"datasets": rows}, indent=2))
+        return
+    for r in rows:
+        state = f"generated in {r['seconds']:.1f} s" if r["generated"] else "up to date"
+        click.echo(f"{r['kind']}: {r['images']} images in {r['root']} ({state})")
+
+
+@data.command("sheet")
+@click.option("--dataset", type=click.Choice(_SYNTH_KINDS), default="synthetic-au",
+              show_default=True, help="Synthetic set to show.")
+@click.option("--root", default=None, type=click.Path(file_okay=False),
+              help="The set's folder (default: the cache; generated with default sizes if absent).")
+@click.option("--out", "out_png", default="sheet.png", show_default=True,
+              type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.option("--n", default=24, show_default=True, type=click.IntRange(min=1),
+              help="Number of faces.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Which faces are picked.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def sheet_cmd(dataset, root, out_png, n, seed, as_json) -> None:
+    """Write a contact sheet: sample faces captioned with their active AUs or expression.
+
+    Example: clefctl data sheet --dataset synthetic-fer --out fer.png --n 28
+    """
+    import json as _json
+    from pathlib import Path
+
+    from clefctl.data import synthetic
+    from clefctl.paths import cache_dir
+
+    folder = Path(root) if root else cache_dir() / dataset
+    if not (folder / synthetic.SIDECAR).is_file():
+        folder = synthetic.ensure(dataset, folder)
+    out = synthetic.contact_sheet(folder, out_png, n=n, seed=seed)
+    if as_json:
+        click.echo(_json.dumps({"dataset": dataset, "root": str(folder), "out": str(out),
+                                "n": n}, indent=2))
+        return
+    click.echo(f"wrote {out}")
