@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "data": "clefctl.commands.data:data",
     "pretrain": "clefctl.commands.train:pretrain",
     "finetune": "clefctl.commands.train:finetune",
+    "evaluate": "clefctl.commands.evaluate:evaluate",
 }
 
 

@@ -18,18 +18,6 @@ from clefctl.pretrain import PretrainOptions, run_pretrain
 from clefctl.workspace import Workspace
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    from clefctl.data import synthetic
-
-    root = tmp_path_factory.mktemp("synth")
-    au = synthetic.write_au(root / "au", subjects=6, tasks=8, frames_per_task=3, size=64, seed=0, workers=1,
-                            progress=False)
-    fer = synthetic.write_fer(root / "fer", subjects=12, images_per_class=24, size=64, seed=0, workers=1,
-                              progress=False)
-    return {"au": str(au), "fer": str(fer)}
-
-
 def _cfg(**kw):
     base = dict(epochs=1, batch_size=16, lr=1e-3, warmup_epochs=0.2, seed=0, num_workers=0, progress=False,
                 log_every=1)

@@ -1,0 +1,319 @@
+"""Evaluation: the subject-exclusive k-fold protocol, single-model evaluation and the Table 6 ablation.
+
+``evaluate_kfold`` fine-tunes one model per fold with the settings of a fine-tuning run (reusing
+fold runs that already exist with the same settings), scores each on its held-out subjects and
+writes the report folder (results.json, per_fold.csv, predictions.csv, PNG plots). AU results are
+reported both as F1 per fold averaged over folds (as the literature reports) and as F1 over the
+pooled predictions. Thresholds are 0.5; ``tune_thresholds`` picks per-AU thresholds on the
+TRAINING fold's predictions only and reports them as a separate, labelled row.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clefctl.errors import ClefError
+from clefctl.workspace import Run, Workspace
+
+IGNORED_OPTION_KEYS = ("fold", "resume", "evaluate", "workspace")
+IGNORED_TRAIN_KEYS = ("progress",)
+
+
+@dataclass
+class EvalResult:
+    run: Run
+    result: dict
+    files: dict
+
+
+def _comparable(options: dict) -> dict:
+    o = copy.deepcopy(options)
+    for k in IGNORED_OPTION_KEYS:
+        o.pop(k, None)
+    for k in IGNORED_TRAIN_KEYS:
+        o.get("train", {}).pop(k, None)
+    return o
+
+
+def _finetune_options(options: dict):
+    from clefctl.engine import TrainConfig
+    from clefctl.finetune import FinetuneOptions
+
+    o = copy.deepcopy(options)
+    train = TrainConfig(**o.pop("train", {}))
+    o.pop("resume", None)
+    return FinetuneOptions(**o, train=train)
+
+
+def find_fold_run(ws: Workspace, options: dict, fold: int) -> Run | None:
+    """A finished fine-tuning run with the same settings for ``fold`` (newest first)."""
+    stage = ws.stage_dir("finetune")
+    if not stage.is_dir():
+        return None
+    want = _comparable(options)
+    for path in sorted((p for p in stage.iterdir() if p.is_dir()), reverse=True):
+        run = Run(path, "finetune")
+        if not run.model_path.is_file() or not (path / "config.yaml").is_file():
+            continue
+        opts = run.config().get("options", {})
+        if opts.get("fold") == fold and _comparable(opts) == want:
+            return run
+    return None
+
+
+def _load_bundle(cfg: dict, data_root=None, dataset_root=None):
+    from clefctl.data import load_dataset
+
+    o = cfg["options"]
+    return load_dataset(cfg["dataset"], root=dataset_root or o.get("dataset_root"),
+                        data_root=data_root or o.get("data_root"))
+
+
+def _score_run(run: Run, samples, task: str, device=None):
+    from clefctl.finetune import predict_scores
+    from clefctl.model import create
+
+    model = create(weights=str(run.model_path), device=device)
+    extras = model.load_report.extras
+    scores = predict_scores(model, samples, extras, task)
+    return model, scores
+
+
+def _features(model, samples, limit: int = 2000, seed: int = 0):
+    from clefctl.data.records import SampleDataset
+    from clefctl.data.transforms import transforms_for
+
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(samples), size=min(limit, len(samples)), replace=False))
+    chosen = [samples[i] for i in idx]
+    ds = SampleDataset(chosen, transforms_for(model, train=False), classes_count=0, task="fer")
+    loader = torch.utils.data.DataLoader(ds, batch_size=128)
+    return torch.cat([model.encode_images(b["image"]) for b in loader]).numpy(), chosen
+
+
+def _truth(samples, task: str):
+    if task == "fer":
+        return np.array([s.label for s in samples]), None
+    y = np.stack([s.aus for s in samples]).astype(float)
+    m = np.stack([s.au_mask if s.au_mask is not None else np.ones_like(s.aus) for s in samples]).astype(float)
+    return y, m
+
+
+def evaluate_kfold(k: int | None = None, config: str | None = None, workspace: str | None = None,
+                   dataset: str | None = None, data_root: str | None = None, dataset_root: str | None = None,
+                   tune: bool = False, device: str | None = None, progress: bool = True) -> EvalResult:
+    """Run the k-fold protocol for the settings of fine-tuning run ``config`` (default: the latest)."""
+    from clefctl import metrics, reports
+    from clefctl.data.folds import make_folds, official_split, split_samples
+    from clefctl.finetune import run_finetune
+
+    ws = Workspace(workspace)
+    ref = ws.resolve("finetune", config) if config else ws.latest("finetune")
+    if ref is None:
+        raise ClefError(f"no fine-tuning run in workspace {ws.root}",
+                        hint="run `clefctl finetune` first (or pass --config RUN)")
+    cfg = ref.config()
+    options = dict(cfg["options"])
+    if dataset and dataset != cfg["dataset"]:
+        options["dataset"] = dataset
+    options["workspace"] = workspace
+    bundle = _load_bundle({"dataset": options["dataset"], "options": options}, data_root, dataset_root)
+    task, classes = bundle.task, bundle.classes
+    per_fold, pred_frames, feats, feat_labels, curves, tuned_folds = [], [], [], [], [], []
+    if any(s.split for s in bundle.samples):
+        folds_desc = None
+        train, test = official_split(bundle)
+        plan = [(1, train, test, None)]
+    else:
+        k = k or options.get("folds") or (len(bundle.canonical_folds) if bundle.canonical_folds else 3)
+        options["folds"] = k
+        folds_desc = make_folds(bundle, k, seed=options.get("train", {}).get("seed", 0))
+        plan = [(f.index, *split_samples(bundle, f), f) for f in folds_desc]
+    for fold_index, train, test, fold in plan:
+        run = find_fold_run(ws, options, fold_index) if fold is not None else \
+            (ref if ref.model_path.is_file() else None)
+        if run is None:
+            fo = _finetune_options(dict(options, fold=fold_index))
+            fo.train.progress = progress
+            fo.workspace = workspace
+            run = run_finetune(fo)
+        if fold is not None:
+            _check_subject_exclusive(run, fold)
+        model, scores = _score_run(run, test, task, device)
+        y, m = _truth(test, task)
+        if task == "au":
+            fm = metrics.au_metrics(y, scores, m, classes)
+            if tune:
+                y_tr, m_tr = _truth(train, task)
+                _, s_tr = _score_run(run, train, task, device)
+                th = metrics.tune_thresholds(y_tr, s_tr, m_tr)
+                tuned = metrics.au_metrics(y, scores, m, classes, thresholds=th)
+                tuned["fold"] = fold_index
+                tuned_folds.append(tuned)
+        else:
+            fm = metrics.fer_metrics(y, scores, classes)
+        fm["fold"] = fold_index
+        fm["run"] = run.name
+        per_fold.append(fm)
+        pred_frames.append(reports.predictions_frame([s.id for s in test], [s.subject for s in test], fold_index,
+                                                     y, scores, classes, task, mask=m))
+        f, chosen = _features(model, test, limit=max(1, 2000 // len(plan)))
+        feats.append(f)
+        feat_labels.append(_truth(chosen, task)[0])
+        curves.append((f"fold {fold_index}" if fold is not None else run.name, run.metrics_path))
+    import pandas as pd
+
+    if len(per_fold) > 1:
+        result = metrics.fold_average(per_fold)
+        if tuned_folds:
+            result["tuned"] = metrics.fold_average(tuned_folds)
+    else:
+        result = dict(per_fold[0])
+        if tuned_folds:
+            result["tuned"] = tuned_folds[0]
+    if task == "fer":
+        y_train = np.array([s.label for s in plan[0][1]])
+        y_test = np.array([s.label for s in plan[0][2]])
+        result["baseline"] = metrics.majority_baseline_fer(y_train, y_test, classes)
+    result["dataset"] = bundle.name
+    result["protocol"] = f"{len(plan)}-fold subject-exclusive" if folds_desc else "official train/test split"
+    result["settings_from"] = ref.name
+    out = ws.new_run("evaluate", f"{bundle.name}-{len(plan)}fold" if folds_desc else bundle.name)
+    out.save_config({"stage": "evaluate", "dataset": bundle.name, "reference_run": ref.name, "folds": len(plan),
+                     "fold_runs": [f["run"] for f in per_fold], "tuned_thresholds": tune})
+    files = reports.write_reports(out.path, result, predictions=pd.concat(pred_frames, ignore_index=True),
+                                  per_fold=per_fold, features=np.concatenate(feats),
+                                  labels=np.concatenate(feat_labels), metrics_jsonl_paths=curves, task=task,
+                                  class_ids=classes, dataset=bundle.name)
+    ws.set_latest(out)
+    return EvalResult(out, result, files)
+
+
+def _check_subject_exclusive(run: Run, fold) -> None:
+    """The k-fold driver never lets a test subject into training: check the fold lists the run used."""
+    from clefctl.data.folds import load_folds
+
+    path = run.path / "folds.json"
+    if not path.is_file():
+        raise ClefError("fine-tuning run has no folds.json, so its training subjects are unknown", path=run.path)
+    used = load_folds(path)
+    trained_on = set(used[fold.index - 1].train_subjects)
+    leaked = trained_on & set(fold.test_subjects)
+    if leaked:
+        raise ClefError(f"run {run.name} trained on test subjects {', '.join(sorted(leaked))} of fold {fold.index}",
+                        path=path, hint="its folds differ from the evaluation's; delete it or choose other --folds")
+
+
+def evaluate_checkpoint(checkpoint: str, dataset: str | None = None, split: str = "test",
+                        workspace: str | None = None, data_root: str | None = None,
+                        dataset_root: str | None = None, device: str | None = None) -> EvalResult:
+    """Evaluate one fine-tuned checkpoint on a split (``test``/``train``/``val``, or ``all``)."""
+    from clefctl import metrics, reports
+    from clefctl.data import load_dataset
+    from clefctl.data.folds import load_folds, samples_in_split
+
+    run_dir = Path(checkpoint).parent
+    ck_run = Run(run_dir, "finetune")
+    from clefctl.model import create
+
+    model = create(weights=checkpoint, device=device)
+    meta = model.meta
+    if meta.get("stage") != "finetune":
+        raise ClefError("not a fine-tuned clefctl checkpoint (no class-name embeddings)", path=checkpoint,
+                        hint="evaluate the model.pt of a `clefctl finetune` run")
+    name = dataset or meta["dataset"]
+    opts = ck_run.config().get("options", {}) if (run_dir / "config.yaml").is_file() else {}
+    bundle = load_dataset(name, root=dataset_root or opts.get("dataset_root"),
+                          data_root=data_root or opts.get("data_root"))
+    if bundle.classes != meta["classes"]:
+        raise ClefError(f"checkpoint classes {meta['classes']} differ from {bundle.name}'s {bundle.classes}",
+                        path=checkpoint)
+    if split == "all":
+        samples = bundle.samples
+    elif any(s.split for s in bundle.samples):
+        samples = samples_in_split(bundle, split)
+    else:
+        folds_path = run_dir / "folds.json"
+        if not folds_path.is_file():
+            raise ClefError("no folds.json beside the checkpoint to tell its test subjects", path=run_dir,
+                            hint="use --split all, or evaluate the run folder's model.pt")
+        fold = load_folds(folds_path)[(meta.get("fold") or 1) - 1]
+        subjects = set(fold.test_subjects if split == "test" else fold.train_subjects)
+        samples = [s for s in bundle.samples if s.subject in subjects]
+    if not samples:
+        raise ClefError(f"no samples in split {split!r} of {bundle.name}")
+    from clefctl.finetune import predict_scores
+
+    scores = predict_scores(model, samples, model.load_report.extras, bundle.task)
+    y, m = _truth(samples, bundle.task)
+    result = metrics.au_metrics(y, scores, m, bundle.classes) if bundle.task == "au" else \
+        metrics.fer_metrics(y, scores, bundle.classes)
+    result.update(dataset=bundle.name, protocol=f"one checkpoint, split {split}", checkpoint=str(checkpoint))
+    ws = Workspace(workspace)
+    out = ws.new_run("evaluate", f"{bundle.name}-{split}")
+    out.save_config({"stage": "evaluate", "checkpoint": str(checkpoint), "split": split, "dataset": bundle.name})
+    f, chosen = _features(model, samples)
+    files = reports.write_reports(out.path, result,
+                                  predictions=reports.predictions_frame([s.id for s in samples],
+                                                                        [s.subject for s in samples], None, y,
+                                                                        scores, bundle.classes, bundle.task, mask=m),
+                                  features=f, labels=_truth(chosen, bundle.task)[0],
+                                  metrics_jsonl_paths=[("training", ck_run.metrics_path)], task=bundle.task,
+                                  class_ids=bundle.classes, dataset=bundle.name)
+    ws.set_latest(out)
+    return EvalResult(out, result, files)
+
+
+# ----------------------------------------------------------------------------------------------
+# Table 6 ablation
+# ----------------------------------------------------------------------------------------------
+
+#: (method, PA, PI, I, N, D): pre-training variant x fine-tuning head, the rows of the paper's Table 6
+#: that clefctl can run (the CLIP/FaRL rows need those weights: give --weights to fill the "init" rows).
+ABLATION_ROWS = [
+    ("init", False, False, True, False, False), ("init", False, False, True, True, False),
+    ("init", False, False, True, True, True),
+    ("CLEF", False, True, True, False, False), ("CLEF", True, True, True, False, False),
+    ("CLEF", False, True, True, True, False), ("CLEF", True, True, True, True, False),
+    ("CLEF", False, True, True, True, True), ("CLEF", True, True, True, True, True),
+]
+
+
+def run_ablation(au_dataset: str = "synthetic-au", fer_dataset: str = "synthetic-fer", fold: int = 1,
+                 workspace: str | None = None, weights: str | None = None, arch: str = "clef-tiny",
+                 pretrain_dataset: str = "synthetic-au", train_overrides: dict | None = None,
+                 progress: bool = True) -> list[dict]:
+    """Run the Table 6 grid: pre-training with/without activity text (PA, PI), then fine-tuning with a
+    linear head (I), names (N) or names + descriptions (D), on one AU fold and one FER split."""
+    from clefctl.engine import TrainConfig
+    from clefctl.finetune import FinetuneOptions, run_finetune
+    from clefctl.pretrain import PretrainOptions, run_pretrain
+
+    over = dict(train_overrides or {}, progress=progress)
+    pre_runs: dict[bool, Run] = {}
+    for with_text in (False, True):
+        pre_runs[with_text] = run_pretrain(PretrainOptions(
+            dataset=pretrain_dataset, arch=arch, weights=weights, no_activity_text=not with_text,
+            workspace=workspace, train=TrainConfig(**{**PretrainOptions().train.to_dict(), **over})))
+    rows = []
+    for method, pa, pi, _i, n, d in ABLATION_ROWS:
+        row = {"method": "CLIP" if method == "init" and weights else
+               ("random init" if method == "init" else "CLEF"),
+               "PA": pa, "PI": pi, "I": True, "N": n, "D": d}
+        for key, ds in (("au_f1", au_dataset), ("fer_acc", fer_dataset)):
+            init = str(pre_runs[pa].path) if pi else None
+            fo = FinetuneOptions(dataset=ds, fold=fold, init=init, weights=None if pi else weights, arch=arch,
+                                 head="text" if n else "linear", no_descriptions=not d, workspace=workspace,
+                                 train=TrainConfig(**{**FinetuneOptions().train.to_dict(), **over}))
+            run = run_finetune(fo)
+            import json
+
+            m = json.loads((run.path / "test_metrics.json").read_text())
+            row[key] = m.get("mean_f1") if key == "au_f1" else m.get("accuracy")
+        rows.append(row)
+    return rows
