@@ -223,13 +223,13 @@ def test_au12_and_au4_learnable_on_held_out_subjects(au_set):
 
 
 def test_expressions_learnable_on_held_out_identities(fer_set):
-    """Logistic regression on whole 32x32 grey images; test identities never seen in training."""
+    """Logistic regression on whole 24x24 grey images; test identities never seen in training."""
     lines = (fer_set / "EmoLabel" / "list_patition_label.txt").read_text().split("\n")
     X, y, is_test = [], [], []
     for line in filter(None, lines):
         name, label = line.split()
         with Image.open(fer_set / "Image" / "aligned" / f"{name[:-4]}_aligned.jpg") as im:
-            X.append(np.asarray(im.convert("L").resize((32, 32), Image.BILINEAR),
+            X.append(np.asarray(im.convert("L").resize((24, 24), Image.BILINEAR),
                                 dtype=np.float32).ravel() / 255.0)
         y.append(int(label))
         is_test.append(name.startswith("test_"))
@@ -238,7 +238,7 @@ def test_expressions_learnable_on_held_out_identities(fer_set):
     clf = LogisticRegression(C=0.1, max_iter=3000).fit(X[~is_test], y[~is_test])
     acc = float((clf.predict(X[is_test]) == y[is_test]).mean())
     print("held-out expression accuracy:", acc)
-    assert acc > 0.35, acc  # chance is 1/7
+    assert acc > 0.35, acc  # chance is 1/7; about 0.67 here
 
 
 # ---------------------------------------------------------------- ensure
@@ -254,7 +254,8 @@ def test_ensure_generates_reuses_regenerates(tmp_path, monkeypatch):
     path, made = S.generate("synthetic-au", root, **{**kw, "frames_per_task": 3})
     assert made and S.read_sidecar(root)["params"]["frames_per_task"] == 3
     assert len(list((root / "F001" / "T1").glob("*.jpg"))) == 3
-    assert sorted(p.name for p in root.parent.iterdir()) == ["au"]  # no temp folders left
+    leftovers = [p.name for p in root.parent.iterdir() if p.name not in ("au", ".au.lock")]
+    assert leftovers == []  # no temp folders left
     # default root: the cache
     monkeypatch.setenv("CLEF_CACHE", str(tmp_path / "cache"))
     fer = S.ensure("synthetic-fer", subjects=3, images_per_class=2, size=48)

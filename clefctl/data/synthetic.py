@@ -9,7 +9,8 @@ Conventions:
 
 * Occurrence label = intensity >= :data:`OCCURRENCE_THRESHOLD` (0.5). Intensities are drawn as a
   mixture: inactive AUs lie in [0, 0.2] (mostly near 0), active ones in [0.6, 1.0], so labels are
-  learnable from pixels.
+  learnable from pixels (an expression image may also carry one faint extra AU at 0.2-0.4).
+  Every AU also occurs at BASE_RATE in every task, so AUs are not given away by the task.
 * ``write_au``: BP4D layout. ``AUCoding/AU_OCC/{subject}_{task}.csv`` (header ``0`` then the AU
   numbers of :data:`AU_IDS`, integer 0/1 values) and frames ``{subject}/{task}/{frame:04d}.jpg``;
   frame numbers start at :data:`FIRST_FRAME` (1000) and count up by one per frame in each task.
@@ -24,6 +25,7 @@ Conventions:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -128,7 +130,7 @@ _SALT_FER = 31
 
 
 def au_regions() -> dict[str, list[str]]:
-    """Map each AU id (``"AU12"``) to the face parts (keys of the sidecar's region boxes) it changes.
+    """Map each AU id (``"AU12"``) to the face parts (sidecar region keys) it changes.
 
     Parts: forehead, brows, inner_brows, outer_brows, glabella (between the brows), eyes, cheeks,
     nose, nasolabial (folds from nose wings to mouth corners), mouth (lips and the skin just
@@ -364,7 +366,7 @@ def expression_aus(expression: str, rng: np.random.Generator) -> np.ndarray:
         out[a] = float(rng.uniform(0.6, 1.0))
     for a in optional:
         if rng.random() < 0.5:
-            out[a] = float(rng.uniform(0.55, 0.95))
+            out[a] = float(rng.uniform(0.6, 0.95))
     if rng.random() < 0.3:  # a faint extra AU that does not clash with the active ones
         active = {a for a, v in out.items() if v >= OCCURRENCE_THRESHOLD}
         clash = {b for a in active for p in EXCLUSIVE for b in p if a in p}
@@ -444,20 +446,25 @@ def _smoothstep(x):
 
 
 def render_face(identity: Identity, aus=None, pose: Pose | None = None, size: int = 128,
-                seed: int = 0, background: Image.Image | None = None, zoom: float = 1.0,
-                anchor: tuple[float, float] = (0.0, 0.15),
+                seed: int = 0, background: Image.Image | None = None, zoom: float = 1.2,
+                anchor: tuple[float, float] = (0.0, 0.25),
                 supersample: int = SUPERSAMPLE) -> tuple[Image.Image, dict[str, list[list[float]]]]:
     """Draw one face; return the RGB image (``size`` square) and the part boxes in its pixels.
 
     ``aus``: mapping AU number (or ``"AU12"``) -> intensity, or a vector in AU_IDS order.
-    ``seed`` drives the pixel noise only; everything else comes from the arguments.
+    ``seed`` drives the pixel noise (and the background when none is given). ``zoom`` and
+    ``anchor`` (the face point put at the image centre) frame the face: AU_FRAMING (default) or
+    FER_FRAMING. Intensities are drawn through a visibility curve (see ``_visibility``).
     """
     a = {k: _visibility(v) for k, v in _au_vector(aus).items()}
     pose = pose or Pose()
     S = size * supersample
     if background is None:
         background = _background(np.random.default_rng(seed), S)
-    img = background.resize((S, S), Image.BICUBIC) if background.size != (S, S) else background.copy()
+    if background.size != (S, S):
+        img = background.resize((S, S), Image.BICUBIC)
+    else:
+        img = background.copy()
     cv = _Canvas(img, pose, zoom, anchor)
     idn = identity
     skin = np.array(idn.skin, dtype=float)
@@ -629,7 +636,8 @@ def render_face(identity: Identity, aus=None, pose: Pose | None = None, size: in
                 _rgba(_shade(skin, 0.3), 0.9))
     cv.line(_ellipse(0, nose_y, 0.07 * ns, 0.04, 10, 0.1 * np.pi, 0.9 * np.pi), _rgba(dark, 0.3),
             0.018)
-    regions["nose"].append(np.array([[-0.2 * ns * flare, -0.05], [0.2 * ns * flare, nose_y + 0.07]]))
+    nw = 0.2 * ns * flare
+    regions["nose"].append(np.array([[-nw, -0.05], [nw, nose_y + 0.07]]))
 
     # ---- eyes (drawing)
     white = (238, 236, 230)
@@ -688,8 +696,8 @@ def render_face(identity: Identity, aus=None, pose: Pose | None = None, size: in
             _rgba(_shade(lipc, 0.92), 1))
     cv.poly(np.concatenate([np.stack([mx, lo_in], 1), np.stack([mx, lo_out], 1)[::-1]]),
             _rgba(lipc, 1))
-    cv.line(np.stack([mx, contact], 1) if gap <= 0.008 else np.stack([mx, up_in], 1)[:2],
-            _rgba(_shade(lipc, 0.45), 0.9), 0.016 + 0.02 * a[24])
+    if gap <= 0.008:  # closed lips: the line between them (thicker when pressed, AU24)
+        cv.line(np.stack([mx, contact], 1), _rgba(_shade(lipc, 0.45), 0.9), 0.016 + 0.02 * a[24])
     for x in (-0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6):
         i = int(np.argmin(np.abs(mt - x)))
         cv.line([[mx[i], up_out[i] + 0.01], [mx[i], lo_out[i] - 0.01]],
@@ -725,8 +733,8 @@ def render_face(identity: Identity, aus=None, pose: Pose | None = None, size: in
         cv.poly(cap, _rgba(idn.hair_colour, 1))
         for k in range(5):
             x0 = -0.6 + 0.3 * k
-            cv.line([[x0 * W, -1.1], [x0 * W * 1.1, -0.95]], _rgba(_shade(idn.hair_colour, 0.7), 0.6),
-                    0.02)
+            cv.line([[x0 * W, -1.1], [x0 * W * 1.1, -0.95]],
+                    _rgba(_shade(idn.hair_colour, 0.7), 0.6), 0.02)
 
     # ---- glasses
     if idn.glasses:
@@ -953,7 +961,8 @@ def fer_params(subjects=40, images_per_class=200, size=100, seed=0,
     try:
         tf = float(test_fraction)
     except (TypeError, ValueError):
-        raise ClefError(f"test_fraction must be a number in [0, 1), got {test_fraction!r}") from None
+        raise ClefError(f"test_fraction must be a number in [0, 1), got {test_fraction!r}") \
+            from None
     if not 0.0 <= tf < 1.0:
         raise ClefError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
     if tf > 0 and out["subjects"] < 2:
@@ -1103,6 +1112,40 @@ def _params_for(kind: str, size_options: dict) -> dict:
     return au_params(**merged) if kind == "synthetic-au" else fer_params(**merged)
 
 
+def _status(root: Path, kind: str, params: dict) -> str | None:
+    """None when ``root`` holds this set with these parameters, else why it must be (re)made."""
+    sidecar = root / SIDECAR
+    if sidecar.is_file():
+        try:
+            old = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = {}
+        if (old.get("kind") == kind and old.get("version") == GENERATOR_VERSION
+                and old.get("params") == params):
+            return None
+        return "parameters changed"
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise ClefError(f"exists and is not a synthetic data set (no {SIDECAR}); "
+                        "choose another output folder or remove it", path=root)
+    return "first use"
+
+
+@contextlib.contextmanager
+def _lock(root: Path):
+    """Serialise generation of one root between processes (e.g. distributed ranks)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(root.parent / f".{root.name}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def generate(kind: str, root: str | os.PathLike | None = None, *, force: bool = False,
              progress: bool | None = None, workers: int | None = None,
              **size_options) -> tuple[Path, bool]:
@@ -1111,38 +1154,31 @@ def generate(kind: str, root: str | os.PathLike | None = None, *, force: bool = 
         raise ClefError(f"unknown synthetic data set {kind!r}: use one of {', '.join(KINDS)}")
     params = _params_for(kind, size_options)
     root = Path(root) if root is not None else cache_dir() / kind
-    sidecar = root / SIDECAR
-    reason = "first use"
-    if sidecar.is_file():
-        try:
-            old = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            old = {}
-        if (not force and old.get("kind") == kind and old.get("version") == GENERATOR_VERSION
-                and old.get("params") == params):
-            return root, False
-        reason = "forced" if force else "parameters changed"
-    elif root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise ClefError(f"exists and is not a synthetic data set (no {SIDECAR}); "
-                        "choose another output folder or remove it", path=root)
-    _console().print(f"generating {kind} into {root} ({reason})", soft_wrap=True, markup=False,
-                     highlight=False)
+    if not force and _status(root, kind, params) is None:
+        return root, False
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
-        writer = write_au if kind == "synthetic-au" else write_fer
-        writer(tmp, **params, workers=workers, progress=progress)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
-        old_dir = None
-        if root.exists():
-            old_dir = root.parent / f".{root.name}.old-{os.getpid()}-{time.time_ns()}"
-            os.replace(root, old_dir)
-        os.replace(tmp, root)
-        if old_dir is not None:
-            shutil.rmtree(old_dir, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with _lock(root):
+        reason = _status(root, kind, params)  # another process may have made it meanwhile
+        if reason is None and not force:
+            return root, False
+        reason = "forced" if force else reason
+        _console().print(f"generating {kind} into {root} ({reason})", soft_wrap=True,
+                         markup=False, highlight=False)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+        try:
+            writer = write_au if kind == "synthetic-au" else write_fer
+            writer(tmp, **params, workers=workers, progress=progress)
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
+            old_dir = None
+            if root.exists():
+                old_dir = root.parent / f".{root.name}.old-{os.getpid()}-{time.time_ns()}"
+                os.replace(root, old_dir)
+            os.replace(tmp, root)
+            if old_dir is not None:
+                shutil.rmtree(old_dir, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return root, True
 
 
