@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "pretrain": "clefctl.commands.train:pretrain",
     "finetune": "clefctl.commands.train:finetune",
     "evaluate": "clefctl.commands.evaluate:evaluate",
+    "predict": "clefctl.commands.predict:predict",
 }
 
 

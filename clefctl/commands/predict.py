@@ -1,0 +1,44 @@
+"""``clefctl predict``: AU and expression predictions on photos and videos."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("predict")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", "out_csv", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="CSV to write (one row per image or sampled frame).")
+@click.option("--au-checkpoint", default=None, help="Fine-tuned AU model.pt (default: newest AU run).")
+@click.option("--fer-checkpoint", default=None, help="Fine-tuned expression model.pt (default: newest FER run).")
+@click.option("--every", type=int, default=1, show_default=True, help="Video: keep every N-th frame.")
+@click.option("--max-frames", type=int, default=None, help="Video: at most this many frames.")
+@click.option("--workspace", default=None, envvar="CLEF_WORKSPACE")
+@click.option("--device", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def predict(inputs, out_csv, au_checkpoint, fer_checkpoint, every, max_frames, workspace, device, as_json) -> None:
+    """Detect, align and crop faces, then write AU (AU12_c, AU12_p) and expression probabilities.
+
+    Inputs are image files, folders, globs or videos (.mp4 .avi .mov .mkv .webm); images without a
+    face get a row with no_face=1. A video also gets a timeline PNG of the AU probabilities.
+
+    \b
+    Example: clefctl predict photos/ --out predictions.csv
+             clefctl predict interview.mp4 --every 5 --out interview.csv
+    """
+    from clefctl.predict import predict as run
+
+    summary = run(list(inputs), out_csv, au_checkpoint, fer_checkpoint, workspace, every, max_frames,
+                  device=device, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"wrote {summary['csv']}: {summary['rows']} rows, {summary['faces']} with a face")
+    if summary["no_face"]:
+        click.echo(f"no face found in {len(summary['no_face'])}: " + ", ".join(summary["no_face"][:10]))
+    if summary["unreadable"]:
+        click.echo(f"skipped {len(summary['unreadable'])} unreadable: " + ", ".join(summary["unreadable"][:10]))
+    for t in summary["timelines"]:
+        click.echo(f"timeline: {t}")
