@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "finetune": "clefctl.commands.train:finetune",
     "evaluate": "clefctl.commands.evaluate:evaluate",
     "predict": "clefctl.commands.predict:predict",
+    "explain": "clefctl.commands.explain:explain",
 }
 
 
