@@ -1,0 +1,142 @@
+"""``clefctl explain``: relevancy heatmaps of a face for texts (Fig. 4), and the pointing check."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import click
+
+
+def _aus(value: str | None):
+    from clefctl.explain import POINTING_AUS
+
+    if not value:
+        return POINTING_AUS
+    return tuple(a.strip() for a in value.split(",") if a.strip())
+
+
+def _num(x: float):
+    return None if isinstance(x, float) and math.isnan(x) else x
+
+
+@click.command("explain")
+@click.argument("image", required=False)
+@click.option("--text", "texts", multiple=True, help="A text to explain the image against (repeatable).")
+@click.option("--classes", is_flag=True,
+              help="One panel per class name and per description of the model's prompt set (Fig. 4).")
+@click.option("--max-descriptions", type=click.IntRange(min=0), default=None,
+              help="With --classes: at most this many descriptions per class (default: all).")
+@click.option("--prompts", default=None, help="Prompt set name or YAML (default: the checkpoint run's).")
+@click.option("--checkpoint", default="latest", show_default=True,
+              help="latest (the workspace's latest fine-tuning run), random, a model.pt, a run folder or name.")
+@click.option("--arch", default=None,
+              help="Architecture for random models (default clef-tiny) and non-clefctl weight files (ViT-B-16).")
+@click.option("--out", default="explain.png", show_default=True, type=click.Path(dir_okay=False),
+              help="The PNG to write.")
+@click.option("--crop/--no-crop", default=None,
+              help="Crop the largest face first (default: only for images over twice the model input).")
+@click.option("--store", default=None, type=click.Path(dir_okay=False),
+              help="An embedding store (.h5): IMAGE is then an image id from `query` results.")
+@click.option("--start-layer", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Leave blocks before this one out of the relevance sum.")
+@click.option("--pointing", is_flag=True,
+              help="Pointing accuracy on synthetic-au faces instead of a figure: is the hottest patch of "
+                   "the AU name's map inside the AU's region?")
+@click.option("--n", "n_images", type=click.IntRange(min=1), default=50, show_default=True,
+              help="With --pointing: images per AU.")
+@click.option("--aus", default=None, help="With --pointing: comma-separated AUs (default AU12,AU4,AU9,AU26,...).")
+@click.option("--dataset-root", default=None, help="With --pointing: the synthetic-au set (default: the run's).")
+@click.option("--all-subjects", is_flag=True,
+              help="With --pointing: use every subject, not only the run's held-out fold.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available).")
+@click.option("--workspace", default=None, envvar="CLEF_WORKSPACE", help="Run folders (default ./clef_runs).")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow full unpickling of a trusted weights file.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def explain(image, texts, classes, max_descriptions, prompts, checkpoint, arch, out, crop, store, start_layer,
+            pointing, n_images, aus, dataset_root, all_subjects, device, workspace, trust_checkpoint,
+            no_progress, as_json) -> None:
+    """Show which face regions and which words drive the image-text similarity (Chefer et al. 2021).
+
+    Writes a PNG with the face, one heatmap per text (jet: blue low, red high) and the text with
+    each token shaded green by its relevance. IMAGE is a file (large photos are face-cropped
+    first) or, with --store, an image id from `clefctl query` results. With --pointing, measures
+    how often the hottest patch of an AU's label-name map lies in that AU's face region on
+    synthetic-au faces, against chance.
+
+    \b
+    Example: clefctl explain face.jpg --text "a photo of a person with lip corner puller."
+             clefctl explain face.jpg --classes --max-descriptions 2 --out fig4.png
+             clefctl explain --pointing --n 50
+    """
+    from rich.console import Console
+
+    from clefctl import explain as ex
+    from clefctl.errors import ClefError
+
+    console = Console()
+    loaded = ex.load_model(checkpoint, workspace, arch, device, trust_checkpoint)
+    if loaded.warning:
+        Console(stderr=True).print(f"[yellow]warning[/yellow]: {loaded.warning}", highlight=False)
+    model = loaded.model
+    prompt_set = ex.prompt_set_for(model, loaded.run_dir, prompts)
+
+    if pointing:
+        root = ex.synthetic_au_root(dataset_root, loaded.run_dir)
+        subjects, which = (None, "all subjects") if all_subjects else ex.held_out_subjects(loaded.run_dir)
+        results = ex.pointing_accuracy(model, root, _aus(aus), n_images, prompts=prompt_set, subjects=subjects,
+                                       start_layer=start_layer, progress=not no_progress and not as_json)
+        summary = ex.pointing_summary(results)
+        if as_json:
+            click.echo(json.dumps({"model": loaded.source, "fingerprint": model.fingerprint, "data": str(root),
+                                   "subjects": which,
+                                   "aus": {k: {kk: _num(vv) for kk, vv in v.items()} for k, v in results.items()},
+                                   "summary": {k: _num(v) for k, v in summary.items()}}, indent=2))
+            return
+        from rich.table import Table
+
+        table = Table(title=f"pointing accuracy: {loaded.source}, {which}")
+        for col in ("AU", "hit rate", "chance", "n", "text"):
+            table.add_column(col, justify="left" if col in ("AU", "text") else "right")
+        for au, r in results.items():
+            rate = "-" if not r["n"] else f"{100 * r['hit_rate']:.1f}%"
+            chance = "-" if not r["n"] else f"{100 * r['chance']:.1f}%"
+            table.add_row(au, rate, chance, str(r["n"]), r["text"])
+        if summary["n"]:
+            table.add_row("mean", f"{100 * summary['mean_hit_rate']:.1f}%", f"{100 * summary['mean_chance']:.1f}%",
+                          str(summary["n"]), "", style="bold")
+        console.print(table)
+        console.print(f"data: {root}", highlight=False)
+        return
+
+    if not image:
+        raise ClefError("give an IMAGE to explain (or --pointing)", hint="clefctl explain face.jpg --text '...'")
+    panels = [(t, t) for t in texts]
+    if classes:
+        panels += ex.class_panels(prompt_set, max_descriptions)
+    if not panels:
+        if prompt_set is None:
+            raise ClefError("nothing to explain the image against",
+                            hint="pass --text '...', or --classes with a fine-tuned --checkpoint or --prompts")
+        panels = ex.class_panels(prompt_set, 0)
+    face = ex.load_face(image, model.image_size, crop, store)
+    rels = ex.relevancy_many(model, face.image, [t for _, t in panels], start_layer=start_layer)
+    title = f"{face.source}{' (face crop)' if face.cropped else ''} - {loaded.source}"
+    png = ex.render(face.image, [(name, r) for (name, _), r in zip(panels, rels)], out, title=title)
+    if as_json:
+        click.echo(json.dumps({"png": str(png), "image": face.source, "cropped": face.cropped,
+                               "box": list(face.box) if face.box else None, "model": loaded.source,
+                               "fingerprint": model.fingerprint,
+                               "panels": [{"title": name, **r.to_dict()} for (name, _), r in zip(panels, rels)]},
+                              indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{face.source} - {loaded.source}")
+    for col in ("panel", "cosine", "top tokens"):
+        table.add_column(col, justify="right" if col == "cosine" else "left")
+    for (name, _), r in zip(panels, rels):
+        table.add_row(name, f"{r.similarity:+.3f}", " ".join(f"{t}({s:.2f})" for t, s in r.top_tokens(4)))
+    console.print(table)
+    console.print(f"wrote {png}", highlight=False)
