@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "evaluate": "clefctl.commands.evaluate:evaluate",
     "predict": "clefctl.commands.predict:predict",
     "explain": "clefctl.commands.explain:explain",
+    "embed": "clefctl.commands.embed:embed",
+    "query": "clefctl.commands.embed:query",
 }
 
 

@@ -347,3 +347,21 @@ def test_cli_user_errors(tmp_path):
     assert isinstance(res.exception, ClefError) and "prompt set" in str(res.exception)
     res = _run([_face(tmp_path), "--checkpoint", tmp_path / "nope.pt", "--text", "x"], ok=False)
     assert isinstance(res.exception, ClefError)
+
+
+def test_cli_explains_a_stored_image_by_id(tiny, synth, tmp_path):
+    from clefctl.data import load_dataset
+    from clefctl.store import embed_into_store
+
+    bundle = load_dataset("rafdb", root=synth["fer"])
+    samples = bundle.samples[:4]
+    store = tmp_path / "fer.h5"
+    embed_into_store(tiny, samples, store, progress=False, image_set="synthetic-fer", task="fer",
+                     classes=bundle.classes, num_workers=0)
+    res = _run([samples[2].id, "--store", store, "--checkpoint", "random", "--text", "a happy face",
+                "--out", tmp_path / "stored.png", "--json"])
+    doc = json.loads(res.stdout)
+    assert Path(doc["image"]).resolve() == Path(samples[2].path).resolve()
+    _png_ok(tmp_path / "stored.png")
+    res = _run(["no-such-id", "--store", store, "--checkpoint", "random", "--text", "x"], ok=False)
+    assert isinstance(res.exception, ClefError) and "no-such-id" in str(res.exception)
