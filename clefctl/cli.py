@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "explain": "clefctl.commands.explain:explain",
     "embed": "clefctl.commands.embed:embed",
     "query": "clefctl.commands.embed:query",
+    "rescore": "clefctl.commands.embed:rescore",
 }
 
 

@@ -33,6 +33,17 @@ def resolve_weights(weights: str | None, workspace) -> str | None:
                     hint="pass --weights model.pt (or --weights random for an untrained model)")
 
 
+def default_dataset(workspace, dataset_root, data_root) -> tuple[str, str | None, str | None]:
+    """The data set (and its folders) of the latest fine-tuning run."""
+    run = workspace.latest("finetune")
+    if run is None:
+        raise ClefError(f"no --dataset given and no fine-tuning run in {workspace.root}",
+                        hint="run `clefctl finetune` first or pass --dataset NAME")
+    cfg = run.config()
+    opts = cfg.get("options", {})
+    return cfg["dataset"], dataset_root or opts.get("dataset_root"), data_root or opts.get("data_root")
+
+
 def embed_run_dir(workspace, fingerprint: str, image_set: str) -> Path:
     """The folder of the store of (model, image set): deterministic, so reruns resume."""
     from clefctl.store import STORE_SUFFIX, store_filename
@@ -41,7 +52,8 @@ def embed_run_dir(workspace, fingerprint: str, image_set: str) -> Path:
 
 
 @click.command("embed")
-@click.option("--dataset", "dataset", required=True, help="Registered data set, e.g. rafdb, bp4d, synthetic-fer.")
+@click.option("--dataset", "dataset", default=None,
+              help="Registered data set, e.g. rafdb, bp4d, synthetic-fer (default: the latest fine-tuning run's).")
 @click.option("--dataset-root", default=None, type=click.Path(), help="The data set's own folder (or CSV).")
 @click.option("--data-root", default=None, type=click.Path(file_okay=False), help="Folder holding the data sets.")
 @click.option("--split", default="all", show_default=True, help="Official split to embed (train/val/test) or all.")
@@ -69,7 +81,11 @@ def embed(dataset, dataset_root, data_root, split, weights, arch, device, out, b
     Killed runs continue from the last committed chunk when started again. Under torchrun each
     process embeds a shard and rank 0 merges them.
 
-    Example: clefctl embed --dataset synthetic-fer --weights random --arch clef-tiny
+    With no options: the data set and checkpoint of the latest fine-tuning run.
+
+    \b
+    Example: clefctl embed
+             clefctl embed --dataset synthetic-fer --weights random --arch clef-tiny
     """
     from clefctl import distributed
     from clefctl.data import load_dataset
@@ -80,6 +96,8 @@ def embed(dataset, dataset_root, data_root, split, weights, arch, device, out, b
 
     distributed.setup_from_env()
     ws = Workspace(workspace)
+    if dataset is None:
+        dataset, dataset_root, data_root = default_dataset(ws, dataset_root, data_root)
     bundle = load_dataset(dataset, root=dataset_root, data_root=data_root)
     if split != "all":
         kept = [s for s in bundle.samples if s.split == split]
@@ -161,14 +179,21 @@ def resolve_store(store: str | None, run_ref: str | None, workspace) -> tuple[Pa
 @click.option("--arch", default=None, help="Architecture (default: that of the embed run).")
 @click.option("--index", "index_kind", default="auto", show_default=True,
               type=click.Choice(["auto", "flat", "hnsw", "ivf"]))
-@click.option("--contact-sheet", "sheet", default=None, type=click.Path(dir_okay=False),
+@click.option("--classes", "show_classes", is_flag=True,
+              help="Also show which prompt classes the query text is nearest to, and precision@k of the hits.")
+@click.option("--sheet", "--contact-sheet", "sheet", default=None, type=click.Path(dir_okay=False),
               help="Also draw the hits into this PNG.")
 @click.option("--workspace", default=None, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
-def query(text, image, k, store, run_ref, weights, arch, index_kind, sheet, workspace, as_json) -> None:
+def query(text, image, k, store, run_ref, weights, arch, index_kind, show_classes, sheet, workspace,
+          as_json) -> None:
     """Find the stored images nearest to a text (or to an image / store id).
 
-    Example: clefctl query "the lip corners are pulled up" -k 12 --contact-sheet hits.png
+    Uses the latest store; when none exists it embeds the latest fine-tuning run's data set first.
+
+    \b
+    Example: clefctl query "lip corner pulled up"
+             clefctl query "the lip corners are pulled up" -k 12 --classes --sheet hits.png
     """
     from clefctl.model import create
     from clefctl.search import contact_sheet_of_hits, query_image, query_text
@@ -178,6 +203,13 @@ def query(text, image, k, store, run_ref, weights, arch, index_kind, sheet, work
         raise ClefError("give a query text or --image (exactly one)",
                         hint='e.g. clefctl query "raised inner brows" or clefctl query --image face.jpg')
     ws = Workspace(workspace)
+    if store is None and run_ref is None and ws.latest("embed") is None:
+        import contextlib
+        import sys
+
+        click.echo("no embedding store yet: embedding the latest fine-tuning run's data set first", err=True)
+        with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the query's own output
+            click.get_current_context().invoke(embed, workspace=workspace)
     store_path, cfg = resolve_store(store, run_ref, ws)
     w = weights if weights is not None else cfg.get("weights")
     if w is None:
@@ -189,10 +221,15 @@ def query(text, image, k, store, run_ref, weights, arch, index_kind, sheet, work
     if sheet:
         contact_sheet_of_hits(hits, sheet, title=text or image)
     cols = ["rank", "score", "id", "labels", "subject", "path"]
+    near = None
+    if show_classes and text is not None:
+        near = _nearest_with_precision(model, cfg, text, hits)
     if as_json:
         records = hits[cols].to_dict(orient="records")
-        click.echo(json.dumps({"query": text or image, "store": str(store_path), "hits": records},
-                              indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+        out = {"query": text or image, "store": str(store_path), "hits": records}
+        if near is not None:
+            out["classes"] = near
+        click.echo(json.dumps(out, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
         return
     from rich.console import Console
     from rich.table import Table
@@ -203,5 +240,78 @@ def query(text, image, k, store, run_ref, weights, arch, index_kind, sheet, work
     for r in hits[cols].itertuples(index=False):
         table.add_row(str(r.rank), f"{r.score:.4f}", str(r.id), str(r.labels), str(r.subject), str(r.path))
     Console().print(table)
+    if near is not None:
+        click.echo("nearest classes: " + ", ".join(f"{c['class_id']} ({c['name']}, {c['score']:.3f})"
+                                                   for c in near["nearest"]))
+        if near.get("precision_at_k") is not None:
+            click.echo(f"precision@{len(hits)} for {near['nearest'][0]['class_id']}: {near['precision_at_k']:.2f}")
     if sheet:
         click.echo(f"contact sheet: {sheet}")
+
+
+def _nearest_with_precision(model, cfg: dict, text: str, hits) -> dict:
+    """Nearest prompt classes of ``text`` (the model's prompt set) and the share of hits labelled with
+    the nearest one (precision@k), when the store carries labels of that class."""
+    from clefctl.prompts import load_prompts
+
+    weights = cfg.get("weights")
+    run_prompts = Path(weights).parent / "prompts.yaml" if weights and weights != "random" else None
+    name = str(run_prompts) if run_prompts is not None and run_prompts.is_file() else (
+        model.meta.get("dataset") or cfg.get("dataset") or "bp4d")
+    from clefctl.search import nearest_classes
+
+    near = nearest_classes(model, load_prompts(name), text, k=3)
+    records = near.to_dict(orient="records")
+    best = records[0]["class_id"]
+    labelled = [str(v) for v in hits["labels"]]
+    precision = None
+    if any(labelled):
+        precision = sum(best in lab.replace("+", " ").split() for lab in labelled) / max(1, len(labelled))
+    return {"nearest": records, "precision_at_k": precision}
+
+
+@click.command("rescore")
+@click.option("--prompts", "prompts_ref", required=True, help="Prompt set name or your edited YAML.")
+@click.option("--mode", type=click.Choice(["names", "descriptions", "ensemble"]), default="names", show_default=True,
+              help="Class vectors: label names, descriptions (one per class) or the template ensemble.")
+@click.option("--store", default=None, type=click.Path(dir_okay=False), help="Store file (default: latest embed run).")
+@click.option("--run", "run_ref", default=None, help="Embed run name or folder.")
+@click.option("--out", "out_csv", default=None, type=click.Path(dir_okay=False), help="Write per-image scores here.")
+@click.option("--workspace", default=None, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def rescore(prompts_ref, mode, store, run_ref, out_csv, workspace, as_json) -> None:
+    """Re-score cached image embeddings against (edited) prompt classes; the image encoder never runs.
+
+    A class added to the YAML is scored zero-shot; renaming or re-describing a class changes its scores.
+
+    \b
+    Example: clefctl rescore --prompts my_prompts.yaml --out scores.csv
+    """
+    from clefctl.model import create
+    from clefctl.paths import atomic_path
+    from clefctl.prompts import load_prompts
+    from clefctl.search import rescore as run_rescore
+    from clefctl.store import EmbeddingStore
+    from clefctl.workspace import Workspace
+
+    ws = Workspace(workspace)
+    store_path, cfg = resolve_store(store, run_ref, ws)
+    w = cfg.get("weights")
+    model = create(cfg.get("arch") or "ViT-B-16", None if w in (None, "random") else w)
+    prompts = load_prompts(prompts_ref)
+    with EmbeddingStore.open(store_path, fingerprint=model.fingerprint) as st:
+        res = run_rescore(st, model, prompts, mode)
+        agreement = res.agreement(st)
+    if out_csv:
+        with atomic_path(out_csv) as tmp:
+            res.to_frame().to_csv(tmp, index=False)
+    out = {"store": str(store_path), "prompts": str(prompts_ref), "prompt_hash": res.prompt_hash, "mode": mode,
+           "images": len(res.ids), "classes": res.class_ids, "seconds": res.seconds, "agreement": agreement}
+    if as_json:
+        click.echo(json.dumps(out, indent=2, default=str))
+        return
+    click.echo(f"re-scored {len(res.ids)} cached images x {len(res.class_ids)} classes in {res.seconds:.2f} s "
+               f"(image encoder not run)")
+    click.echo(f"agreement with stored labels: {json.dumps(agreement, default=str)[:400]}")
+    if out_csv:
+        click.echo(f"scores: {out_csv}")
