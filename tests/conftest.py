@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +18,13 @@ def synth(tmp_path_factory):
     fer = synthetic.write_fer(root / "fer", subjects=12, images_per_class=24, size=64, seed=0, workers=1,
                               progress=False)
     return {"au": str(au), "fer": str(fer)}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: on a 2-core machine shared with other jobs, two OpenMP threads spin-wait
+    badly and a single thread is many times faster. Modules opt in with usefixtures."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -16,15 +16,10 @@ from clefctl.errors import ClefError
 from clefctl.model import create
 from clefctl.prompts import load_prompts
 
-pytestmark = pytest.mark.filterwarnings("ignore:unreadable image skipped:RuntimeWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:unreadable image skipped:RuntimeWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -24,17 +24,11 @@ from clefctl.errors import ClefError
 from clefctl.model import create
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.filterwarnings("ignore:unreadable image skipped:RuntimeWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:unreadable image skipped:RuntimeWarning"),
+              pytest.mark.usefixtures("one_thread")]
 FER = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two OpenMP threads on two cores shared with other test runs spin-wait badly; one is faster.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
