@@ -60,7 +60,11 @@ def find_fold_run(ws: Workspace, options: dict, fold: int) -> Run | None:
         run = Run(path, "finetune")
         if not run.model_path.is_file() or not (path / "config.yaml").is_file():
             continue
-        opts = run.config().get("options", {})
+        opts = dict(run.config().get("options", {}))
+        if opts.get("folds") is None and (path / "folds.json").is_file():
+            from clefctl.data.folds import load_folds
+
+            opts["folds"] = len(load_folds(path / "folds.json"))  # the run's effective fold count
         if opts.get("fold") == fold and _comparable(opts) == want:
             return run
     return None

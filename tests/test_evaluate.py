@@ -22,7 +22,7 @@ def _cfg():
 def au_eval(synth, tmp_path_factory):
     ws = str(tmp_path_factory.mktemp("ws"))
     first = run_finetune(FinetuneOptions(dataset="bp4d", dataset_root=synth["au"], workspace=ws, init=None,
-                                         fold=1, folds=3, train=_cfg()))
+                                         fold=1, train=_cfg()))        # folds left to the default (3)
     return ws, first, evaluate_kfold(k=3, workspace=ws, progress=False)
 
 
