@@ -139,6 +139,11 @@ def test_load_dataset_reads_the_synthetic_layouts(tmp_path):
                        size=48)
     assert fer.task == "fer" and fer.classes[0].lower().startswith("surprise")
     assert len(fer.samples) == 21
+    # A set the user made at their own size is read as it is, never regenerated at the defaults.
+    stamp = (tmp_path / "au" / S.SIDECAR).stat().st_mtime_ns
+    again = load_dataset("synthetic-au", root=tmp_path / "au")
+    assert len(again.samples) == 2 * 8 * 2 and (tmp_path / "au" / S.SIDECAR).stat().st_mtime_ns == stamp
+    assert len(load_dataset("synthetic-fer", root=tmp_path / "fer").samples) == 21
     out = S.contact_sheet(au, tmp_path / "bundle_sheet.png", n=4)
     with Image.open(out) as im:
         assert im.size[0] > 4 * 96

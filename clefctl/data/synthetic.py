@@ -1112,6 +1112,15 @@ def _params_for(kind: str, size_options: dict) -> dict:
     return au_params(**merged) if kind == "synthetic-au" else fer_params(**merged)
 
 
+def _complete(root: Path, kind: str) -> bool:
+    """True when ``root`` holds a finished set of this kind and generator version, any size."""
+    try:
+        old = json.loads((root / SIDECAR).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(old, dict) and old.get("kind") == kind and old.get("version") == GENERATOR_VERSION
+
+
 def _status(root: Path, kind: str, params: dict) -> str | None:
     """None when ``root`` holds this set with these parameters, else why it must be (re)made."""
     sidecar = root / SIDECAR
@@ -1152,8 +1161,11 @@ def generate(kind: str, root: str | os.PathLike | None = None, *, force: bool = 
     """Like :func:`ensure`; also says whether it (re)generated the set (True) or reused it."""
     if kind not in KINDS:
         raise ClefError(f"unknown synthetic data set {kind!r}: use one of {', '.join(KINDS)}")
+    explicit = root is not None
+    root = Path(root) if explicit else cache_dir() / kind
+    if explicit and not size_options and not force and _complete(root, kind):
+        return root, False  # a set the user made (e.g. `clefctl data synth --subjects 41`): use it as it is
     params = _params_for(kind, size_options)
-    root = Path(root) if root is not None else cache_dir() / kind
     if not force and _status(root, kind, params) is None:
         return root, False
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -1188,8 +1200,9 @@ def ensure(kind: str, root: str | os.PathLike | None = None, *, force: bool = Fa
 
     ``kind``: ``"synthetic-au"`` (options: subjects, tasks, frames_per_task, size, seed) or
     ``"synthetic-fer"`` (subjects, images_per_class, size, seed, test_fraction); defaults are
-    AU_DEFAULTS / FER_DEFAULTS. ``root`` defaults to ``cache_dir() / kind``. Generation goes to a
-    temporary folder beside ``root`` that replaces it only when complete.
+    AU_DEFAULTS / FER_DEFAULTS. ``root`` defaults to ``cache_dir() / kind``; an explicit ``root``
+    that already holds a complete set of this kind is used as it is unless size options are
+    given. Generation goes to a temporary folder beside ``root`` that replaces it only when complete.
     """
     return generate(kind, root, force=force, progress=progress, **size_options)[0]
 
