@@ -223,12 +223,20 @@ def _baseline_from_predictions(predictions, class_ids: list[str], folds_form: bo
 
 # ----------------------------------------------------------------------------- tables
 
-def au_table(result: dict, dataset: str | None = None, *, title: str | None = None):
+def au_table_width(result: dict) -> int:
+    """Characters the paper-layout AU table needs (one column per AU): pick the layout by it."""
+    n = len(result.get("class_ids") or _main_view(result)["f1"].keys())
+    return 34 + 7 * (n + 1)
+
+
+def au_table(result: dict, dataset: str | None = None, *, title: str | None = None,
+             transpose: bool = False):
     """F1 (%) per AU and Avg as in the paper's Tables 2-4.
 
     Rows: ours (fold mean and pooled, or one row for a single split), ``tuned thresholds
     (train-fold)`` when ``result["tuned"]``, ``all-positive baseline`` when ``result["baseline"]``,
-    and the published CLEF row for bp4d / disfa / bp4dplus.
+    and the published CLEF row for bp4d / disfa / bp4dplus. ``transpose=True`` lays the same
+    numbers out with one row per AU and one column per method, for narrow terminals.
     """
     from rich.table import Table
 
@@ -249,22 +257,30 @@ def au_table(result: dict, dataset: str | None = None, *, title: str | None = No
         v = _main_view(result["baseline"])
         rows.append(("all-positive baseline", v["f1"], v["mean_f1"], "dim"))
     ref = PUBLISHED_AU.get(dataset)
+    if ref:
+        rows.append((PUBLISHED_LABEL, ref["per_au"], ref["avg"], "italic"))
     name = display_name(dataset, "AU data")
     table = Table(title=title or f"F1 (%) per AU on {name}", title_justify="left")
-    table.add_column("Method", no_wrap=True)
-    for au in ids:
-        table.add_column(au, justify="right")
-    table.add_column("Avg", justify="right", style="bold")
-    for label, f1, avg, style in rows:
-        table.add_row(label, *[_fmt(f1.get(au), 1) for au in ids], _fmt(avg, 1), style=style or None)
+    if transpose:
+        table.add_column("AU", no_wrap=True)
+        for label, _, _, style in rows:
+            table.add_column(label, justify="right", style=style or None)
+        for au in ids:
+            table.add_row(au, *[_fmt(f1.get(au), 1) for _, f1, _, _ in rows])
+        table.add_row("Avg", *[_fmt(avg, 1) for _, _, avg, _ in rows], style="bold")
+    else:
+        table.add_column("Method", no_wrap=True)
+        for au in ids:
+            table.add_column(au, justify="right")
+        table.add_column("Avg", justify="right", style="bold")
+        for label, f1, avg, style in rows:
+            table.add_row(label, *[_fmt(f1.get(au), 1) for au in ids], _fmt(avg, 1), style=style or None)
     notes = []
     if _is_folds(result):
         notes.append("fold mean: F1 per test fold, averaged over folds (as published); "
                      "pooled: F1 over all folds' predictions together")
     notes.append("n/a: no positive and no predicted frame, left out of Avg")
     if ref:
-        table.add_row(PUBLISHED_LABEL, *[_fmt(ref["per_au"].get(au), 1) for au in ids],
-                      _fmt(ref["avg"], 1), style="italic")
         missing = [a for a in ref["per_au"] if a not in ids]
         notes.append(f"published row: {ref['table']} of the paper, {ref['protocol']}"
                      + (f"; its Avg also covers {', '.join(missing)}" if missing else ""))

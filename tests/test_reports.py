@@ -147,6 +147,21 @@ def test_au_table_published_row_only_for_real_sets():
     assert "n/a" in text and "64.3" in text and "64.8" in text
 
 
+def test_au_table_transposed_fits_80_columns():
+    """A narrow terminal gets one row per AU: every number of the wide layout, no column cut off."""
+    r1 = M.au_metrics([[1, 0] + [0] * 10, [0, 1] + [0] * 10], [[.9, .1] + [.6] * 10, [.2, .8] + [.1] * 10],
+                      None, BP4D_AUS)
+    result = M.fold_average([r1, r1])
+    assert R.au_table_width(result) > 80
+    text = R.render_table(R.au_table(result, "bp4d", transpose=True), width=80)
+    lines = text.splitlines()
+    assert max(len(x) for x in lines) <= 80
+    au1 = next(x for x in lines if x.lstrip("│ ").startswith("AU1 "))
+    assert "100.0" in au1 and "55.8" in au1  # ours (fold mean) and the published AU1
+    avg = f"{result['fold_mean']['mean_f1']:.1f}"
+    assert any(x.lstrip("│ ").startswith("Avg") and avg in x and "65.9" in x for x in lines), text
+
+
 def test_fer_and_ablation_tables():
     m = M.fer_metrics([0, 1, 2], np.eye(3), ["neutral", "happiness", "sadness"])
     text = R.render_table(R.fer_table(m, "AffectNet-8"), width=200)

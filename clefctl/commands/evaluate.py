@@ -62,7 +62,11 @@ def evaluate(k, config, dataset, checkpoint, split, tune_thresholds, ablation, e
         click.echo(json.dumps(reports.jsonable(out.result), indent=2))
         return
     task = out.result.get("task", "au")
-    console.print(reports.au_table(out.result) if task == "au" else reports.fer_table(out.result))
+    if task == "au":  # the paper's layout when it fits the terminal, one row per AU when not
+        narrow = console.width < reports.au_table_width(out.result)
+        console.print(reports.au_table(out.result, transpose=narrow))
+    else:
+        console.print(reports.fer_table(out.result))
     console.print(f"report folder: {out.run.path}")
     for name, path in out.files.items():
         console.print(f"  {name}: {path}")
