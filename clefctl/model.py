@@ -50,6 +50,41 @@ MIN_KEY_MATCH = 0.5
 
 _registered = False
 
+# clefctl's own from-scratch configs replace the ViT's patchify convolution (one k x k conv with
+# stride k) by a convolutional stem: stride-2 3x3 convolutions with BatchNorm and ReLU, then a 1x1
+# convolution to the transformer width (Xiao et al., "Early convolutions help transformers see
+# better", NeurIPS 2021). The token grid, the transformer and everything after it are unchanged.
+# Measured on synthetic-au fold 1 (8 training subjects), 800 steps of 32 images, lr 1e-3: held-out
+# mean AU F1 59 with the patchify conv, 88 with this stem, ~20% more time per step; a small CNN
+# reaches 86, so the plain ViT, not the data, was what kept clef-tiny from learning.
+# Channels of the stride-2 convolutions; their number is log2(patch_size).
+CONV_STEMS: dict[str, tuple[int, ...]] = {"clef-tiny": (24, 48, 96, 128), "clef-small": (32, 64, 128)}
+
+
+def conv_stem(channels: Sequence[int], width: int) -> torch.nn.Sequential:
+    """The stem module for ``visual.conv1``: (B, 3, H, W) -> (B, width, H / 2**n, W / 2**n)."""
+    layers: list[torch.nn.Module] = []
+    c_in = 3
+    for c in channels:
+        layers += [torch.nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False), torch.nn.BatchNorm2d(c),
+                   torch.nn.ReLU(inplace=True)]
+        c_in = c
+    layers.append(torch.nn.Conv2d(c_in, width, 1))
+    return torch.nn.Sequential(*layers)
+
+
+def _add_stem(clip: torch.nn.Module, arch: str) -> None:
+    """Swap in the arch's convolutional stem (see CONV_STEMS); other architectures are untouched."""
+    channels = CONV_STEMS.get(arch)
+    visual = getattr(clip, "visual", None)
+    if channels is None or not isinstance(getattr(visual, "conv1", None), torch.nn.Conv2d):
+        return
+    patch = visual.conv1.kernel_size[0]
+    if 2 ** len(channels) != patch:
+        raise ClefError(f"internal: the {arch} stem has {len(channels)} stride-2 convolutions, "
+                        f"but its patch size is {patch}")
+    visual.conv1 = conv_stem(channels, visual.conv1.out_channels)
+
 
 def register_configs() -> None:
     """Register clefctl's small architectures (``clef-tiny``, ``clef-small``) with open_clip."""
@@ -192,8 +227,13 @@ def _strip_prefix(sd: dict) -> dict:
 def state_dict_signature(sd: dict) -> dict | None:
     """The architecture numbers a CLIP ViT state dict implies (None when it is not one)."""
     try:
-        conv = sd["visual.conv1.weight"]
-        width, _, patch, _ = conv.shape
+        if "visual.conv1.weight" in sd:
+            conv = sd["visual.conv1.weight"]
+            width, _, patch, _ = conv.shape
+        else:  # a convolutional stem (CONV_STEMS): one stride-2 3x3 conv per halving
+            width = sd["visual.class_embedding"].shape[0]
+            patch = 2 ** sum(1 for k, v in sd.items() if k.startswith("visual.conv1.") and k.endswith(".weight")
+                             and v.ndim == 4 and v.shape[-1] == 3)
         grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
         layers = len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")})
         text_layers = len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
@@ -413,6 +453,7 @@ def _build(arch: str, quick_gelu: bool, device: torch.device, seed: int):
             torch.manual_seed(seed)
             clip, _, preprocess = open_clip.create_model_and_transforms(
                 arch, pretrained=None, device="cpu", force_quick_gelu=quick_gelu)
+            _add_stem(clip, arch)
     finally:
         root.setLevel(level)
     tokenizer = open_clip.get_tokenizer(arch)

@@ -18,7 +18,9 @@ TEXTS = ["a photo of a person with lip corner puller.", "a photo of a person wit
 def _source(quick_gelu: bool = False, seed: int = 1, arch: str = "clef-tiny"):
     M.register_configs()
     torch.manual_seed(seed)
-    clip = open_clip.create_model(arch, force_quick_gelu=quick_gelu).eval()
+    clip = open_clip.create_model(arch, force_quick_gelu=quick_gelu)
+    M._add_stem(clip, arch)  # clefctl's small configs carry a conv stem (model.CONV_STEMS)
+    clip.eval()
     with torch.no_grad():  # a non-trivial logit scale and projection, so a silent non-load would show
         clip.logit_scale.fill_(2.5)
     return clip
@@ -69,7 +71,7 @@ def test_pil_images_go_through_preprocess():
 def test_farl_release_file(tmp_path):
     clip = _source(quick_gelu=True)
     sd = dict(clip.state_dict())
-    width = sd["visual.conv1.weight"].shape[0]
+    width = sd["visual.class_embedding"].shape[0]
     sd["visual.mask_token"] = torch.zeros(1, 1, width)
     sd["visual.lm_transformer.resblocks.0.attn.in_proj_weight"] = torch.zeros(3 * width, width)
     sd["visual.ln_lm.weight"] = torch.ones(width)
@@ -189,3 +191,20 @@ def test_unknown_architecture():
     with pytest.raises(ClefError, match="unknown architecture"):
         M.create("ViT-Q-99")
     assert {"clef-tiny", "clef-small", "ViT-B-16", "ViT-B-16-quickgelu"} <= set(M.list_architectures())
+
+
+def test_small_configs_have_a_conv_stem_and_the_same_token_grid():
+    """clef-tiny/clef-small replace the patchify conv by a conv stem (model.CONV_STEMS); the token
+    grid is the plain config's, and ViT-B-16 keeps open_clip's own patch embedding."""
+    for arch in ("clef-tiny", "clef-small"):
+        m = M.create(arch)
+        stem = m.clip.visual.conv1
+        assert isinstance(stem, torch.nn.Sequential)
+        assert sum(isinstance(x, torch.nn.Conv2d) and x.stride == (2, 2) for x in stem) == len(M.CONV_STEMS[arch])
+        plain = open_clip.create_model(arch).visual
+        x = torch.randn(2, 3, m.image_size, m.image_size)
+        assert stem(x).shape == plain.conv1(x).shape
+        assert M.infer_architectures(m.clip.state_dict()) == [arch]
+    big = open_clip.create_model("ViT-B-16")
+    M._add_stem(big, "ViT-B-16")
+    assert isinstance(big.visual.conv1, torch.nn.Conv2d)
