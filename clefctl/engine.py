@@ -8,6 +8,12 @@ and on SIGINT/SIGTERM; a NaN/inf loss stops the run and keeps the last good chec
 A stage supplies a :class:`Task`: which modules train, and ``loss(batch, step_rng)`` returning
 the loss and the numbers to log. Everything random in a step is a pure function of
 (seed, epoch, sample index) or (seed, global step), which is what makes ``--resume`` exact.
+
+Per-step efficiency on small CPUs (measured on clef-tiny, one thread): AdamW's fused kernel
+(``_adamw``: 9 ms instead of 54 ms per step, dominated by the 6.3M-entry token embedding),
+decoded images held in memory for small data sets (:func:`cache_images`: ~3x faster sample
+loading, no per-step JPEG decode), and text towers run only up to the longest prompt in the batch
+(:func:`encode_text_trimmed`: exact for causal CLIP text towers).
 """
 
 from __future__ import annotations
@@ -34,11 +40,11 @@ from clefctl.workspace import Run
 
 @dataclass
 class TrainConfig:
-    epochs: float = 5
-    batch_size: int = 64
+    epochs: float | None = 5     # None: the stage chooses (the paper's 5, or more for small models)
+    batch_size: int | None = 64  # None: the stage chooses (fine-tuning: smaller for small models)
     lr: float = 2e-4
     weight_decay: float = 0.01
-    warmup_epochs: float = 1.0
+    warmup_epochs: float | None = 1.0  # None: the stage chooses (1.0 if it does not)
     min_lr: float = 1e-6
     grad_clip: float | None = None
     amp: str = "auto"            # auto | bf16 | off
@@ -123,6 +129,89 @@ def lr_lambda(total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> 
     return f
 
 
+def _adamw(groups: list[dict], lr: float, device: torch.device) -> torch.optim.AdamW:
+    """CLIP's AdamW (betas 0.9/0.98, eps 1e-6), fused where torch has the kernel for the device.
+
+    The fused kernel does the same update in one pass over all parameters: on CPU it cut the
+    optimizer step of clef-tiny (7.9M parameters, 6.3M of them the token embedding) from 54 to 9 ms.
+    """
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or dtype
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def encode_text_trimmed(clip: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``clip.encode_text(tokens)`` computed only over the columns up to the last non-padding token.
+
+    Exact for open_clip's CLIP text tower (causal mask, features taken at the end-of-text token):
+    no position before the end token attends to the padding after it. A label name uses ~13 of
+    the 48-77 positions, so this is several times cheaper. Other text towers use encode_text.
+    """
+    mask = getattr(clip, "attn_mask", None)
+    pool = getattr(clip, "text_pool_type", None)
+    if (tokens.ndim != 2 or mask is None or pool != "argmax" or not hasattr(clip, "token_embedding")
+            or not hasattr(clip, "positional_embedding") or getattr(clip, "text_no_grad", False)):
+        return clip.encode_text(tokens)
+    used = (tokens != 0).any(0).nonzero()
+    n = int(used.max()) + 1 if used.numel() else 1
+    if n >= tokens.shape[1]:
+        return clip.encode_text(tokens)
+    from open_clip.transformer import text_global_pool
+
+    cast_dtype = clip.transformer.get_cast_dtype()
+    t = tokens[:, :n]
+    x = clip.token_embedding(t).to(cast_dtype) + clip.positional_embedding[:n].to(cast_dtype)
+    x = clip.transformer(x, attn_mask=mask[:n, :n])
+    x = clip.ln_final(x)
+    x = text_global_pool(x, t, pool)
+    proj = clip.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+
+def cache_images(samples: list, image_size: int, budget_mb: float = 1024.0) -> list:
+    """Copies of ``samples`` with their decoded pixels in memory, when the data set is small.
+
+    Each image is opened once (face box applied) and kept as uint8 RGB, shrunk (bicubic) only when
+    its longer side exceeds ``2 * image_size``; training transforms then start from memory instead
+    of decoding a JPEG per sample per epoch. When the first images suggest the whole set needs more
+    than ``budget_mb``, the samples are returned unchanged. An unreadable image keeps its record, so
+    the data set skips and counts it as before.
+    """
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from clefctl.data.records import open_image
+
+    samples = list(samples)
+    if not samples or budget_mb <= 0:
+        return samples
+    limit = 2 * int(image_size)
+    out, used = [], 0
+    for i, s in enumerate(samples):
+        if s.pixels is not None and s.box is None:
+            out.append(s)
+            continue
+        try:
+            img = open_image(s)
+        except Exception:  # noqa: BLE001 - left to SampleDataset, which skips and counts it
+            out.append(s)
+            continue
+        if max(img.size) > limit:
+            k = limit / max(img.size)
+            img = img.resize((max(1, round(img.width * k)), max(1, round(img.height * k))), Image.BICUBIC)
+        arr = np.asarray(img, dtype=np.uint8)
+        used += arr.nbytes
+        if i == 15 or i == len(samples) - 1 or used > budget_mb * 2 ** 20:
+            if used / (i + 1) * len(samples) > budget_mb * 2 ** 20:
+                return samples
+        out.append(replace(s, path=None, pixels=arr, box=None))
+    return out
+
+
 def _rng_state() -> dict:
     np_state = np.random.get_state()
     return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
@@ -162,9 +251,9 @@ class Trainer:
         self.params = [p for m in task.modules().values() for p in m.parameters() if p.requires_grad]
         decay = [p for p in self.params if p.ndim >= 2]
         no_decay = [p for p in self.params if p.ndim < 2]  # biases, norms, logit scale, embeddings' 1-d
-        self.optimizer = torch.optim.AdamW(
+        self.optimizer = _adamw(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+            cfg.lr, self.device)
         self.amp_dtype = choose_amp(cfg.amp, self.device, model)
         self._stop_signal: int | None = None
 
@@ -220,13 +309,14 @@ class Trainer:
         if steps_per_epoch == 0:
             raise ClefError(f"the training set has {len(dataset)} images, fewer than one batch of "
                             f"{cfg.batch_size * world}", hint="use a smaller --batch-size")
-        total_epochs = max(1, math.ceil(cfg.epochs))
-        total_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
+        epochs = 5.0 if cfg.epochs is None else float(cfg.epochs)
+        total_epochs = max(1, math.ceil(epochs))
+        total_steps = max(1, int(round(epochs * steps_per_epoch)))
         if cfg.max_steps is not None:
             total_steps = min(total_steps, cfg.max_steps) if cfg.max_steps > 0 else total_steps
-        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+        warmup = int(round((1.0 if cfg.warmup_epochs is None else cfg.warmup_epochs) * steps_per_epoch))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(int(round(cfg.epochs * steps_per_epoch)), warmup, cfg.lr, cfg.min_lr))
+            self.optimizer, lr_lambda(int(round(epochs * steps_per_epoch)), warmup, cfg.lr, cfg.min_lr))
         epoch, skip, global_step = 0, 0, 0
         if resume_from is not None:
             prog = self.load_state(resume_from, scheduler)

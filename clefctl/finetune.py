@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from clefctl import distributed as dist
-from clefctl.engine import TrainConfig, Trainer
+from clefctl.engine import TrainConfig, Trainer, cache_images, encode_text_trimmed
 from clefctl.errors import ClefError
 from clefctl.losses import (au_loss, au_loss_from_logits, fer_loss, fer_loss_from_logits, finetune_loss,
                             name_description_loss)
@@ -35,6 +35,53 @@ from clefctl.workspace import Run, Workspace
 # Paper section 4.2: lr 2e-4 for BP4D, AffectNet, RAF-DB; 1e-4 for DISFA and FERPlus.
 PAPER_LR = {"disfa": 1e-4, "ferplus": 1e-4}
 DEFAULT_FOLDS = {"bp4dplus": 4}
+PAPER_EPOCHS = 5
+# clefctl's own small configs (clef-tiny, clef-small) start from random weights, so they get their
+# own defaults instead of the paper's (which fine-tune a pre-trained ViT-B/16 for 5 epochs at
+# 2e-4, batch 64). Measured on synthetic-au fold 1 with clef-tiny (conv stem, model.CONV_STEMS):
+# 800 steps of 32 images at lr 1e-3 give held-out mean AU F1 88 (85 after the default pre-training);
+# synthetic-fer reaches 98% accuracy after 300-400 steps. Batch 32 learned more per image seen than
+# batch 64 (F1 48 vs 33 after 12.8k images). Milder augmentation than the paper's (crop 0.8-1 +
+# rotation 10: FER accuracy 65 vs 94 after 600 steps). Each default applies only when not given.
+# The warm-up matters at lr 1e-3: 0.5 epochs (17 steps on synthetic-fer) left the loss at chance for
+# ~90 steps and ended at 62% FER accuracy; 70 steps gave 96%. Small models warm up for
+# SMALL_MODEL_WARMUP_STEPS steps (rounded to epochs) unless --warmup-epochs is given.
+SMALL_MODEL_STEPS = {"au": 800, "fer": 300}
+SMALL_MODEL_WARMUP_STEPS = 80
+SMALL_MODEL_LR = 1e-3
+SMALL_MODEL_BATCH = 32
+PAPER_BATCH = 64
+PAPER_WARMUP_EPOCHS = 0.5
+SMALL_MODEL_AUGMENT = {"scale": (0.9, 1.0), "rotation": 0.0}
+PAPER_AUGMENT = {"scale": (0.8, 1.0), "rotation": 10.0}
+
+
+def is_small_model(arch: str) -> bool:
+    """True for clefctl's own from-scratch configs (clef-tiny, clef-small)."""
+    from clefctl.model import clef_architectures
+
+    return arch in clef_architectures()
+
+
+def augment_for(arch: str, crop_scale: float | None, rotation: float | None) -> dict:
+    """``train_transform`` arguments: the paper's, or milder ones for the small from-scratch models;
+    ``crop_scale`` (smallest crop area) and ``rotation`` (degrees) override either."""
+    aug = dict(SMALL_MODEL_AUGMENT if is_small_model(arch) else PAPER_AUGMENT)
+    if crop_scale is not None:
+        if not 0 < crop_scale <= 1:
+            raise ClefError(f"--crop-scale must be in (0, 1], got {crop_scale}")
+        aug["scale"] = (float(crop_scale), 1.0)
+    if rotation is not None:
+        aug["rotation"] = float(rotation)
+    return aug
+
+
+def auto_epochs(arch: str, task: str, n_train: int, batch_size: int, world: int = 1) -> float:
+    """The paper's 5 epochs, or for a small from-scratch model enough for SMALL_MODEL_STEPS steps."""
+    if not is_small_model(arch):
+        return float(PAPER_EPOCHS)
+    steps_per_epoch = max(1, n_train // max(1, batch_size * world))
+    return float(max(1, round(SMALL_MODEL_STEPS.get(task, 800) / steps_per_epoch)))
 
 
 @dataclass
@@ -53,11 +100,15 @@ class FinetuneOptions:
     no_descriptions: bool = False      # L_IN only (Table 6 "N")
     head: str = "text"                 # text | linear (Table 6 "I": no text encoder)
     class_weighting: bool = True       # w_c of Eq. 4-5 from training-fold frequencies
+    crop_scale: float | None = None    # smallest random crop area (None: 0.8 paper, 0.9 small models)
+    rotation: float | None = None      # max rotation in degrees (None: 10 paper, 0 small models)
     device: str | None = None
     workspace: str | None = None
     resume: str | None = None
     evaluate: bool = True              # score the held-out part after training
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, warmup_epochs=0.5, lr=2e-4))
+    # epochs, lr and batch None: the paper's, or clefctl's small-model defaults (see SMALL_MODEL_*)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=None, batch_size=None, warmup_epochs=None,
+                                                                   lr=None))
 
 
 class FinetuneTask:
@@ -81,20 +132,27 @@ class FinetuneTask:
         device = x.device
         w = self.weights.to(device) if self.weights is not None else None
         zi = clip.encode_image(x)
+        scale = clip.logit_scale.exp()
         if self.head is not None:
-            logits = self.head(F.normalize(zi, dim=-1))
+            # the same learnable 1/tau as the text head: unit features times a linear layer that
+            # starts near 0 give logits of ~0.1 and a loss stuck at chance for hundreds of steps
+            logits = self.head(scale * F.normalize(zi, dim=-1))
             if self.task == "fer":
                 return fer_loss_from_logits(logits.float(), batch["label"], w), {}
             return au_loss_from_logits(logits.float(), batch["aus"], w, batch["au_mask"]), {}
-        scale = clip.logit_scale.exp()
-        zn = clip.encode_text(self.name_tokens.to(device))
+        names = self.name_tokens.to(device)
+        if not self.use_descriptions:
+            zn = encode_text_trimmed(clip, names)
+        else:  # names and this batch's descriptions in one pass of the text tower
+            desc = self.model.tokenizer(self.prompts.description_texts(rng)).to(device)
+            both = encode_text_trimmed(clip, torch.cat([names, desc]))
+            zn, zd = both[:names.shape[0]], both[names.shape[0]:]
         if self.task == "fer":
             l_in = fer_loss(zi, zn, batch["label"], w, scale)
         else:
             l_in = au_loss(zi, zn, batch["aus"], w, scale, batch["au_mask"])
         if not self.use_descriptions:
             return l_in, {"l_in": l_in.detach()}
-        zd = clip.encode_text(self.model.tokenizer(self.prompts.description_texts(rng)).to(device))
         l_dn = name_description_loss(zd, zn, scale)
         return finetune_loss(l_in, l_dn, self.lam), {"l_in": l_in.detach(), "l_dn": l_dn.detach()}
 
@@ -168,11 +226,23 @@ def run_finetune(opts: FinetuneOptions) -> Run:
     if opts.head == "linear":
         torch.manual_seed(opts.train.seed)
         head = torch.nn.Linear(model.embed_dim, len(bundle.classes)).to(model.device)
-    dataset = SampleDataset(train, transforms_for(model, train=True), classes_count=len(bundle.classes),
-                            task=bundle.task)
+    aug = augment_for(model.arch, opts.crop_scale, opts.rotation)
+    dataset = SampleDataset(cache_images(train, model.image_size), transforms_for(model, train=True, **aug),
+                            classes_count=len(bundle.classes), task=bundle.task)
     run = resume_run or ws.new_run("finetune", f"{bundle.name}-{opts.head}" +
                                    (f"-fold{opts.fold}" if folds else ""))
-    opts.train.lr = opts.train.lr if opts.train.lr else PAPER_LR.get(bundle.name, 2e-4)
+    small = is_small_model(model.arch)
+    if not opts.train.batch_size:
+        opts.train.batch_size = SMALL_MODEL_BATCH if small else PAPER_BATCH
+    if not opts.train.lr:
+        opts.train.lr = SMALL_MODEL_LR if small else PAPER_LR.get(bundle.name, 2e-4)
+    if opts.train.epochs is None:
+        opts.train.epochs = auto_epochs(model.arch, bundle.task, len(train), opts.train.batch_size,
+                                        dist.world_size())
+    if opts.train.warmup_epochs is None:
+        steps_per_epoch = max(1, len(train) // (opts.train.batch_size * dist.world_size()))
+        opts.train.warmup_epochs = (round(min(SMALL_MODEL_WARMUP_STEPS / steps_per_epoch, opts.train.epochs / 4), 2)
+                                    if small else PAPER_WARMUP_EPOCHS)
     config = {"stage": "finetune", "options": _jsonable(opts), "dataset": bundle.name, "task": bundle.task,
               "classes": bundle.classes, "protocol": protocol, "init": init_desc, "arch": model.arch,
               "init_fingerprint": model.fingerprint, "train_samples": len(train), "test_samples": len(test),
@@ -191,8 +261,9 @@ def run_finetune(opts: FinetuneOptions) -> Run:
     result = trainer.fit(dataset, resume_from=trainer.last_path if resume_run is not None else None)
     if dist.is_main():
         extras = {"name_embeddings": model.encode_texts(prompts.name_texts())}
-        if head is not None:
-            extras["head_weight"], extras["head_bias"] = head.weight.detach(), head.bias.detach()
+        if head is not None:  # the logit scale folded in: logits = W' . unit feature + b
+            extras["head_weight"] = head.weight.detach() * model.logit_scale.detach()
+            extras["head_bias"] = head.bias.detach()
         save_checkpoint(run.model_path, model, dict(meta, epochs=result.epochs_done, steps=result.global_step),
                         extras=extras)
         if opts.evaluate and test:

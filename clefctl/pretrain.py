@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from clefctl import distributed as dist
-from clefctl.engine import TrainConfig, Trainer
+from clefctl.engine import TrainConfig, Trainer, cache_images, encode_text_trimmed
 from clefctl.errors import ClefError
 from clefctl.losses import pretrain_loss, sup_con
 from clefctl.model import ClefModel, create, save_checkpoint
@@ -40,6 +40,8 @@ class PretrainOptions:
     prompts: str | None = None           # prompt set name or YAML path (default: the data set's)
     temperature: float = 0.25            # epsilon of Eq. 1
     no_activity_text: bool = False       # Table 6 "PI" only: L_II alone
+    crop_scale: float | None = None      # smallest random crop area (None: 0.8 paper, 0.9 small models)
+    rotation: float | None = None        # max rotation in degrees (None: 10 paper, 0 small models)
     device: str | None = None
     workspace: str | None = None
     resume: str | None = None            # run name/folder, or "latest"
@@ -75,7 +77,7 @@ class PretrainTask:
         ids = [self.activities[i] for i in labels.tolist()]
         texts = self.prompts.activity_texts(ids, rng)
         uniq = sorted(set(texts))
-        za_u = clip.encode_text(self.model.tokenizer(uniq).to(v1.device))
+        za_u = encode_text_trimmed(clip, self.model.tokenizer(uniq).to(v1.device))
         za = za_u[torch.tensor([uniq.index(t) for t in texts], device=v1.device)]
         if dist.is_distributed():
             za = dist.gather_features(za, with_grad=True)
@@ -126,7 +128,11 @@ def run_pretrain(opts: PretrainOptions) -> Run:
     model = create(opts.arch, opts.weights, opts.device, seed=opts.train.seed,
                    trust_checkpoint=opts.trust_checkpoint)
     activities = sorted({s.activity for s in bundle.samples})
-    dataset = SampleDataset(bundle.samples, TwoViews(transforms_for(model, train=True)),
+    from clefctl.finetune import augment_for
+
+    aug = augment_for(model.arch, opts.crop_scale, opts.rotation)
+    dataset = SampleDataset(cache_images(bundle.samples, model.image_size),
+                            TwoViews(transforms_for(model, train=True, **aug)),
                             classes_count=0, task="activity", activities=activities)
     run = resume_run or ws.new_run("pretrain", f"{bundle.name}-{model.arch}")
     config = {"stage": "pretrain", "options": _jsonable(opts), "dataset": bundle.name, "arch": model.arch,

@@ -17,6 +17,8 @@ from clefctl.finetune import FinetuneOptions, run_finetune
 from clefctl.pretrain import PretrainOptions, run_pretrain
 from clefctl.workspace import Workspace
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _cfg(**kw):
     base = dict(epochs=1, batch_size=16, lr=1e-3, warmup_epochs=0.2, seed=0, num_workers=0, progress=False,
@@ -162,3 +164,28 @@ def test_cli_pretrain_and_finetune_json(synth, tmp_path, monkeypatch):
     r = CliRunner().invoke(cli, ["finetune", "--dataset", "rafdb", "--dataset-root", synth["fer"], "--workspace", ws,
                                  "--init", "nosuchrun", "--max-steps", "1"])
     assert r.exit_code != 0 and "no pretrain run named 'nosuchrun'" in str(r.exception or r.output)
+
+
+
+def test_tiny_model_learns_expressions_of_held_out_identities(synth, tmp_path):
+    """Issue 4: pre-training then fine-tuning clef-tiny on small synthetic data lowers the losses and
+    beats chance (1/7, also the majority baseline) on 8 identities never seen in training.
+    Measured on one thread (this module runs with one): ~47 s (data 2 s, pre-training 4 s, 305
+    fine-tuning steps of 32 images 40 s); held-out accuracy 40.5% at seed 0 (39.3 and 52.4 with
+    seeds 1 and 2; the same with two threads); 84 test images, so chance is 12 +- 3 of them."""
+    from clefctl.data import synthetic
+
+    fer = synthetic.write_fer(tmp_path / "fer", subjects=40, images_per_class=60, size=64, seed=0, workers=1,
+                              progress=False)
+    ws = str(tmp_path / "ws")
+    pre = run_pretrain(PretrainOptions(dataset="bp4d", dataset_root=synth["au"], workspace=ws,
+                                       train=_cfg(epochs=2, batch_size=32, lr=1e-4, warmup_epochs=1)))
+    losses = [r["loss"] for r in pre.metrics() if r["kind"] == "step"]
+    assert losses[-1] < losses[0], losses
+    ft = run_finetune(FinetuneOptions(dataset="rafdb", dataset_root=str(fer), workspace=ws, init="latest",
+                                      train=_cfg(epochs=30, batch_size=32, lr=3e-4, warmup_epochs=1, log_every=5)))
+    assert ft.config()["init"] == f"pretrain run {pre.name}"
+    losses = [r["loss"] for r in ft.metrics() if r["kind"] == "step"]
+    assert _mean(losses[-4:]) < 0.6 * _mean(losses[:4]), losses
+    metrics = json.loads((ft.path / "test_metrics.json").read_text())
+    assert metrics["test_samples"] == 84 and metrics["accuracy"] >= 28.0, metrics

@@ -9,21 +9,35 @@ import click
 from clefctl.engine import TrainConfig
 
 
-def train_options(epochs: float, lr: float | None, warmup: float):
+def train_options(epochs: float | None, lr: float | None, warmup: float | None):
     """The engine's options, shared by both stages (defaults differ per stage)."""
+    small = epochs is None  # fine-tuning: defaults depend on the architecture
+    epochs_help = "Epochs (fractions allowed)." + (" Default: the paper's 5, or for clef-tiny/clef-small "
+                                                   "(trained from scratch) enough for ~800 (AU) / 300 "
+                                                   "(expression) steps." if small else "")
+
     def deco(f):
         opts = [
-            click.option("--epochs", type=float, default=epochs, show_default=True, help="Epochs (fractions allowed)."),
-            click.option("--batch-size", type=int, default=64, show_default=True, help="Per-process batch size."),
+            click.option("--epochs", type=float, default=epochs, show_default=epochs is not None, help=epochs_help),
+            click.option("--batch-size", type=int, default=None if small else 64, show_default=not small,
+                         help="Per-process batch size." + (" Default: the paper's 64, or 32 for clef-tiny/small."
+                                                           if small else "")),
             click.option("--lr", type=float, default=lr, show_default=lr is not None,
                          help="Peak learning rate (AdamW)." + ("" if lr is not None else
-                                                              " Default: the paper's for the data set.")),
+                                                              " Default: the paper's for the data set, or 1e-3 "
+                                                              "for clef-tiny/small.")),
             click.option("--weight-decay", type=float, default=0.01, show_default=True),
-            click.option("--warmup-epochs", type=float, default=warmup, show_default=True),
+            click.option("--warmup-epochs", type=float, default=warmup, show_default=warmup is not None,
+                         help="Linear warm-up." + (" Default: 0.5 (the paper's setting here), or ~80 steps for "
+                                                   "clef-tiny/small." if warmup is None else "")),
             click.option("--min-lr", type=float, default=1e-6, show_default=True, help="Cosine decay floor."),
             click.option("--grad-clip", type=float, default=None, help="Clip the gradient norm to this value."),
             click.option("--amp", type=click.Choice(["auto", "bf16", "off"]), default="auto", show_default=True,
                          help="bf16 autocast; auto = on for CUDA and wide models on CPU."),
+            click.option("--crop-scale", type=float, default=None,
+                         help="Smallest random crop area (default 0.8 as in the paper; 0.9 for clef-tiny/small)."),
+            click.option("--rotation", type=float, default=None,
+                         help="Max random rotation in degrees (default 10 as in the paper; 0 for clef-tiny/small)."),
             click.option("--seed", type=int, default=0, show_default=True),
             click.option("--workers", type=int, default=None, help="DataLoader workers (default: by machine)."),
             click.option("--max-steps", type=int, default=None, help="Stop after this many steps in total."),
@@ -103,7 +117,7 @@ def pretrain(**kw) -> None:
                            max_frames=kw["max_frames"], arch=kw["arch"], weights=kw["weights"],
                            trust_checkpoint=kw["trust_checkpoint"], prompts=kw["prompts"],
                            temperature=kw["temperature"], no_activity_text=kw["no_activity_text"],
-                           device=kw["device"], workspace=kw["workspace"], resume=kw["resume"],
+                           crop_scale=kw["crop_scale"], rotation=kw["rotation"], device=kw["device"], workspace=kw["workspace"], resume=kw["resume"],
                            train=_train_config(kw))
     run = run_pretrain(opts)
     _report(run, kw["as_json"], {"stage": "pretrain", "dataset": opts.dataset})
@@ -120,7 +134,7 @@ def pretrain(**kw) -> None:
 @click.option("--head", type=click.Choice(["text", "linear"]), default="text", show_default=True,
               help="linear = ablation 'I': image encoder + linear classifier, no text.")
 @click.option("--no-class-weights", is_flag=True, help="All w_c = 1 in Eq. 4-5.")
-@train_options(epochs=5, lr=None, warmup=0.5)
+@train_options(epochs=None, lr=None, warmup=None)
 def finetune(**kw) -> None:
     """Stage 2: fine-tune on AU or expression labels by contrasting images with label names (Eq. 3-6).
 
@@ -143,7 +157,8 @@ def finetune(**kw) -> None:
                            fold=kw["fold"], folds=kw["folds"], init=init, weights=kw["weights"], arch=kw["arch"],
                            trust_checkpoint=kw["trust_checkpoint"], prompts=kw["prompts"], lam=kw["lam"],
                            no_descriptions=kw["no_descriptions"], head=kw["head"],
-                           class_weighting=not kw["no_class_weights"], device=kw["device"],
+                           class_weighting=not kw["no_class_weights"], crop_scale=kw["crop_scale"],
+                           rotation=kw["rotation"], device=kw["device"],
                            workspace=kw["workspace"], resume=kw["resume"], train=cfg)
     if init == "latest":
         from clefctl.workspace import Workspace
