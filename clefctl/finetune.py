@@ -84,6 +84,23 @@ def auto_epochs(arch: str, task: str, n_train: int, batch_size: int, world: int 
     return float(max(1, round(SMALL_MODEL_STEPS.get(task, 800) / steps_per_epoch)))
 
 
+def resolve_defaults(train: TrainConfig, arch: str, dataset: str, task: str, n_train: int, world: int = 1) -> TrainConfig:
+    """Fill the options left at None (batch, lr, epochs, warm-up) in place: the paper's settings
+    (section 4.2) for pre-trained architectures, the SMALL_MODEL_* ones for clef-tiny/clef-small."""
+    small = is_small_model(arch)
+    if not train.batch_size:
+        train.batch_size = SMALL_MODEL_BATCH if small else PAPER_BATCH
+    if not train.lr:
+        train.lr = SMALL_MODEL_LR if small else PAPER_LR.get(dataset, 2e-4)
+    if train.epochs is None:
+        train.epochs = auto_epochs(arch, task, n_train, train.batch_size, world)
+    if train.warmup_epochs is None:
+        steps_per_epoch = max(1, n_train // (train.batch_size * world))
+        train.warmup_epochs = (round(min(SMALL_MODEL_WARMUP_STEPS / steps_per_epoch, train.epochs / 4), 2)
+                               if small else PAPER_WARMUP_EPOCHS)
+    return train
+
+
 @dataclass
 class FinetuneOptions:
     dataset: str = "synthetic-au"
@@ -231,18 +248,7 @@ def run_finetune(opts: FinetuneOptions) -> Run:
                             classes_count=len(bundle.classes), task=bundle.task)
     run = resume_run or ws.new_run("finetune", f"{bundle.name}-{opts.head}" +
                                    (f"-fold{opts.fold}" if folds else ""))
-    small = is_small_model(model.arch)
-    if not opts.train.batch_size:
-        opts.train.batch_size = SMALL_MODEL_BATCH if small else PAPER_BATCH
-    if not opts.train.lr:
-        opts.train.lr = SMALL_MODEL_LR if small else PAPER_LR.get(bundle.name, 2e-4)
-    if opts.train.epochs is None:
-        opts.train.epochs = auto_epochs(model.arch, bundle.task, len(train), opts.train.batch_size,
-                                        dist.world_size())
-    if opts.train.warmup_epochs is None:
-        steps_per_epoch = max(1, len(train) // (opts.train.batch_size * dist.world_size()))
-        opts.train.warmup_epochs = (round(min(SMALL_MODEL_WARMUP_STEPS / steps_per_epoch, opts.train.epochs / 4), 2)
-                                    if small else PAPER_WARMUP_EPOCHS)
+    resolve_defaults(opts.train, model.arch, bundle.name, bundle.task, len(train), dist.world_size())
     config = {"stage": "finetune", "options": _jsonable(opts), "dataset": bundle.name, "task": bundle.task,
               "classes": bundle.classes, "protocol": protocol, "init": init_desc, "arch": model.arch,
               "init_fingerprint": model.fingerprint, "train_samples": len(train), "test_samples": len(test),

@@ -161,6 +161,11 @@ def test_cli_pretrain_and_finetune_json(synth, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert "accuracy" in out and out["protocol"] == "official train/test split"
+    # Options left out on the command line resolve exactly as the library's defaults do.
+    from clefctl.finetune import SMALL_MODEL_LR
+
+    train = Workspace(ws).latest("finetune").config()["options"]["train"]
+    assert train["lr"] == SMALL_MODEL_LR and train["batch_size"] == 16 and train["warmup_epochs"] > 0
     r = CliRunner().invoke(cli, ["finetune", "--dataset", "rafdb", "--dataset-root", synth["fer"], "--workspace", ws,
                                  "--init", "nosuchrun", "--max-steps", "1"])
     assert r.exit_code != 0 and "no pretrain run named 'nosuchrun'" in str(r.exception or r.output)
@@ -189,3 +194,16 @@ def test_tiny_model_learns_expressions_of_held_out_identities(synth, tmp_path):
     assert _mean(losses[-4:]) < 0.6 * _mean(losses[:4]), losses
     metrics = json.loads((ft.path / "test_metrics.json").read_text())
     assert metrics["test_samples"] == 84 and metrics["accuracy"] >= 28.0, metrics
+
+
+def test_finetune_defaults_paper_for_pretrained_archs_small_for_tiny():
+    from clefctl.finetune import resolve_defaults
+
+    paper = resolve_defaults(FinetuneOptions().train, "ViT-B-16-quickgelu", "disfa", "au", 10_000)
+    assert (paper.lr, paper.batch_size, paper.epochs, paper.warmup_epochs) == (1e-4, 64, 5.0, 0.5)
+    assert resolve_defaults(FinetuneOptions().train, "ViT-B-16", "rafdb", "fer", 10_000).lr == 2e-4
+    tiny = resolve_defaults(FinetuneOptions().train, "clef-tiny", "synthetic-au", "au", 1536)
+    assert (tiny.lr, tiny.batch_size) == (1e-3, 32)
+    assert tiny.epochs == 17.0 and tiny.warmup_epochs == 1.67  # 48 steps per epoch: ~800 steps, 80 warm-up
+    given = resolve_defaults(_cfg(lr=3e-4, batch_size=8, epochs=2, warmup_epochs=0.1), "clef-tiny", "x", "fer", 100)
+    assert (given.lr, given.batch_size, given.epochs, given.warmup_epochs) == (3e-4, 8, 2, 0.1)

@@ -145,11 +145,9 @@ def finetune(**kw) -> None:
     Example: clefctl finetune --dataset rafdb
              clefctl finetune --dataset synthetic-fer --epochs 3
     """
-    from clefctl.finetune import PAPER_LR, FinetuneOptions, run_finetune
+    from clefctl.finetune import FinetuneOptions, run_finetune
 
-    cfg = _train_config(kw)
-    if cfg.lr is None:
-        cfg.lr = PAPER_LR.get(kw["dataset"].lower(), 2e-4)
+    cfg = _train_config(kw)  # None (lr, batch, epochs, warm-up): run_finetune picks by data set and arch
     init = kw["init"]
     if kw["weights"]:
         init = None
