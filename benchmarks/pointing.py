@@ -2,11 +2,12 @@
 
 For each AU, images where the AU is active are explained against the AU's label-name text ("a
 photo of a person with lip corner puller."); a hit is the hottest patch of the image map (Chefer
-et al. 2021 relevancy) lying inside the AU's face region, which the generator records per image
+et al. 2021 relevancy) overlapping the AU's face region, which the generator records per image
 (``synthetic.json`` region boxes, ``clefctl.data.synthetic.au_regions``). Reported per AU: hit
-rate, chance (the region's share of the model input) and, as a control, the hit rate of a randomly
-initialised model of the same architecture: a model fine-tuned on synthetic-au should point at
-the right region far more often than both.
+rate and its chance (the share of patches overlapping the region), the share of relevancy mass
+inside the region and its chance (the region's share of the image), and, as a control, both for
+a randomly initialised model of the same architecture: a model fine-tuned on synthetic-au should
+point at the right region far more often than both.
 
 Images come from the fine-tuning run's held-out fold when the run has one (else all subjects).
 
@@ -78,22 +79,32 @@ def main(argv=None) -> int:
                           "aus": {k: {kk: clean(vv) for kk, vv in v.items()} for k, v in res.items()},
                           "summary": {k: clean(v) for k, v in summary.items()},
                           "control": None if control is None else
-                          {k: clean(v["hit_rate"]) for k, v in control.items()}}, indent=2))
+                          {k: {"hit_rate": clean(v["hit_rate"]), "mass": clean(v["mass"])}
+                           for k, v in control.items()}}, indent=2))
         return 0
     print(f"model: {loaded.source} ({model.fingerprint})\ndata: {root}, {which}")
-    head = f"{'AU':<6}{'hit rate':>10}{'chance':>9}{'random init':>13}{'n':>6}  text"
+    head = (f"{'AU':<6}{'hit rate':>10}{'chance':>9}{'random init':>13}{'mass':>8}{'area':>8}"
+            f"{'rand. mass':>12}{'n':>6}  text")
     print(head)
     print("-" * len(head))
+
+    def pct(v) -> str:
+        return "-" if v is None or v != v else f"{100 * v:.1f}%"
+
+    def row(label, r, c, n, text):
+        print(f"{label:<6}{pct(r['hit_rate']):>10}{pct(r['chance_patches']):>9}"
+              f"{pct(c['hit_rate']) if c else '':>13}{pct(r['mass']):>8}{pct(r['chance']):>8}"
+              f"{pct(c['mass']) if c else '':>12}{n:>6}  {text}")
+
     for au, r in res.items():
-        ctrl = "" if control is None else f"{100 * control[au]['hit_rate']:.1f}%"
-        if not r["n"]:
-            print(f"{au:<6}{'-':>10}{'-':>9}{ctrl:>13}{0:>6}  {r['text']}")
-            continue
-        print(f"{au:<6}{100 * r['hit_rate']:>9.1f}%{100 * r['chance']:>8.1f}%{ctrl:>13}{r['n']:>6}  {r['text']}")
+        row(au, r, None if control is None else control[au], r["n"], r["text"])
     if summary["n"]:
-        ctrl = "" if control is None else f"{100 * ex.pointing_summary(control)['mean_hit_rate']:.1f}%"
-        print(f"{'mean':<6}{100 * summary['mean_hit_rate']:>9.1f}%{100 * summary['mean_chance']:>8.1f}%"
-              f"{ctrl:>13}{summary['n']:>6}")
+        s = {k.removeprefix("mean_"): v for k, v in summary.items()}
+        c = None if control is None else {k.removeprefix("mean_"): v
+                                          for k, v in ex.pointing_summary(control).items()}
+        row("mean", s, c, summary["n"], "")
+    print("hit: the hottest patch overlaps the AU's region; chance: share of patches that do; mass: share of "
+          "the map's relevancy inside the region; area: the region's share of the image")
     print(f"{summary['n']} explained images in {seconds:.1f} s")
     return 0
 

@@ -217,24 +217,33 @@ def test_pointing_counts_hits_where_the_hottest_patch_lies(tiny, synth, monkeypa
     regions = synthetic.au_regions()
     gh, gw = tiny.clip.visual.grid_size
     k = 64 // gh  # patch side in pixels
-    hot = (gh * 3 // 4, gw // 4)  # lower left: mouth-corner territory on the synthetic faces
+    hot = (gh // 2, 0)  # left edge at mouth height: the mouth corner reaches into it on some faces
 
     def fake_pairs(model, pixels, texts, **kw):
         pm = np.zeros((gh, gw), np.float32)
         pm[hot] = 1.0
-        return [ex.Relevance(np.zeros((64, 64), np.float32), pm, ["x"], np.ones(1, np.float32), 0.0, t)
+        return [ex.Relevance(np.ones((64, 64), np.float32), pm, ["x"], np.ones(1, np.float32), 0.0, t)
                 for t in texts]
 
     monkeypatch.setattr(ex, "relevancy_pairs", fake_pairs)
     res = ex.pointing_accuracy(tiny, synth["au"], aus=("AU12", "AU26"), n_images=100)
-    centre = (hot[1] * k + k // 2, hot[0] * k + k // 2)  # x, y of the patch centre (64 px images, 64 px model)
+    # the hot patch's pixel square (64 px images, 64 px model): [x0, x1) x [y0, y1)
+    x0, y0 = hot[1] * k, hot[0] * k
+
+    def overlaps(b):  # pixel (x, y) is in a box when b0 <= x + 0.5 < b2 (region_mask's convention)
+        return any(b[0] <= x + 0.5 < b[2] and b[1] <= y + 0.5 < b[3] for x in range(x0, x0 + k)
+                   for y in range(y0, y0 + k))
+
+    some = []
     for au in ("AU12", "AU26"):
         active = [e for e in meta["images"] if e["au_intensity"][au] >= 0.5]
-        expect = [any(b[0] <= centre[0] < b[2] and b[1] <= centre[1] < b[3]
-                      for part in regions[au] for b in e["regions"][part]) for e in active]
+        expect = [any(overlaps(b) for part in regions[au] for b in e["regions"][part]) for e in active]
         assert res[au]["n"] == len(active) > 0
         assert res[au]["hits"] == sum(expect)
-        assert 0 < res[au]["chance"] < 1 and 0 < res[au]["chance_patches"] < 1
+        some.append(0 < sum(expect) < len(active))
+        assert 0 < res[au]["chance"] < res[au]["chance_patches"] < 1
+        assert res[au]["mass"] == pytest.approx(res[au]["chance"])  # a flat image map: mass = area
+    assert any(some)  # the hot patch hits the region on some faces, not all: the test can tell
     assert res["AU12"]["text"] == "a photo of a person with lip corner puller."
 
 

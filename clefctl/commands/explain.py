@@ -62,8 +62,8 @@ def explain(image, texts, classes, max_descriptions, prompts, checkpoint, arch, 
     Writes a PNG with the face, one heatmap per text (jet: blue low, red high) and the text with
     each token shaded green by its relevance. IMAGE is a file (large photos are face-cropped
     first) or, with --store, an image id from `clefctl query` results. With --pointing, measures
-    how often the hottest patch of an AU's label-name map lies in that AU's face region on
-    synthetic-au faces, against chance.
+    how often the hottest patch of an AU's label-name map falls on that AU's face region on
+    synthetic-au faces, and the share of relevancy inside the region, each against its chance level.
 
     \b
     Example: clefctl explain face.jpg --text "a photo of a person with lip corner puller."
@@ -96,16 +96,22 @@ def explain(image, texts, classes, max_descriptions, prompts, checkpoint, arch, 
             return
         from rich.table import Table
 
+        def pct(v) -> str:
+            return "-" if v is None or v != v else f"{100 * v:.1f}%"
+
         table = Table(title=f"pointing accuracy: {loaded.source}, {which}")
-        for col in ("AU", "hit rate", "chance", "n", "text"):
+        for col in ("AU", "hit rate", "chance", "mass in region", "area", "n", "text"):
             table.add_column(col, justify="left" if col in ("AU", "text") else "right")
         for au, r in results.items():
-            rate = "-" if not r["n"] else f"{100 * r['hit_rate']:.1f}%"
-            chance = "-" if not r["n"] else f"{100 * r['chance']:.1f}%"
-            table.add_row(au, rate, chance, str(r["n"]), r["text"])
+            table.add_row(au, pct(r["hit_rate"]), pct(r["chance_patches"]), pct(r["mass"]), pct(r["chance"]),
+                          str(r["n"]), r["text"])
         if summary["n"]:
-            table.add_row("mean", f"{100 * summary['mean_hit_rate']:.1f}%", f"{100 * summary['mean_chance']:.1f}%",
-                          str(summary["n"]), "", style="bold")
+            table.add_row("mean", pct(summary["mean_hit_rate"]), pct(summary["mean_chance_patches"]),
+                          pct(summary["mean_mass"]), pct(summary["mean_chance"]), str(summary["n"]), "", style="bold")
+        table.caption = ("hit: the hottest patch overlaps the AU's region; chance: share of patches that do; "
+                         "mass in region: share of the map's relevancy inside the region; area: its share of "
+                         "the image (the chance level of mass)")
+        table.caption_justify = "left"
         console.print(table)
         console.print(f"data: {root}", highlight=False)
         return
