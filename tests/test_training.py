@@ -175,9 +175,10 @@ def test_cli_pretrain_and_finetune_json(synth, tmp_path, monkeypatch):
 def test_tiny_model_learns_expressions_of_held_out_identities(synth, tmp_path):
     """Issue 4: pre-training then fine-tuning clef-tiny on small synthetic data lowers the losses and
     beats chance (1/7, also the majority baseline) on 8 identities never seen in training.
-    Measured on one thread (this module runs with one): ~47 s (data 2 s, pre-training 4 s, 305
-    fine-tuning steps of 32 images 40 s); held-out accuracy 40.5% at seed 0 (39.3 and 52.4 with
-    seeds 1 and 2; the same with two threads); 84 test images, so chance is 12 +- 3 of them."""
+    Fine-tuning uses the small-model defaults (lr 1e-3, warm-up chosen by run_finetune), 16 epochs
+    = 160 steps of 32. Measured on one thread (this module runs with one): ~35 s (data 3 s,
+    pre-training 4 s, fine-tuning 27 s); held-out accuracy 86.9 / 78.6 / 88.1% with seeds 0 / 1 / 2
+    (10 epochs: 48.8 / 36.9); 84 test images, so chance is 12 +- 3 of them."""
     from clefctl.data import synthetic
 
     fer = synthetic.write_fer(tmp_path / "fer", subjects=40, images_per_class=60, size=64, seed=0, workers=1,
@@ -188,12 +189,12 @@ def test_tiny_model_learns_expressions_of_held_out_identities(synth, tmp_path):
     losses = [r["loss"] for r in pre.metrics() if r["kind"] == "step"]
     assert losses[-1] < losses[0], losses
     ft = run_finetune(FinetuneOptions(dataset="rafdb", dataset_root=str(fer), workspace=ws, init="latest",
-                                      train=_cfg(epochs=30, batch_size=32, lr=3e-4, warmup_epochs=1, log_every=5)))
+                                      train=_cfg(epochs=16, batch_size=32, lr=None, warmup_epochs=None, log_every=5)))
     assert ft.config()["init"] == f"pretrain run {pre.name}"
     losses = [r["loss"] for r in ft.metrics() if r["kind"] == "step"]
     assert _mean(losses[-4:]) < 0.6 * _mean(losses[:4]), losses
     metrics = json.loads((ft.path / "test_metrics.json").read_text())
-    assert metrics["test_samples"] == 84 and metrics["accuracy"] >= 28.0, metrics
+    assert metrics["test_samples"] == 84 and metrics["accuracy"] >= 50.0, metrics
 
 
 def test_finetune_defaults_paper_for_pretrained_archs_small_for_tiny():

@@ -67,6 +67,6 @@ def evaluate(k, config, dataset, checkpoint, split, tune_thresholds, ablation, e
         console.print(reports.au_table(out.result, transpose=narrow))
     else:
         console.print(reports.fer_table(out.result))
-    console.print(f"report folder: {out.run.path}")
+    console.print(f"report folder: {out.run.path}", soft_wrap=True)
     for name, path in out.files.items():
-        console.print(f"  {name}: {path}")
+        console.print(f"  {name}: {path}", soft_wrap=True)

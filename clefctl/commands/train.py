@@ -88,10 +88,10 @@ def _report(run, as_json: bool, extra: dict) -> None:
     from rich.console import Console
 
     c = Console()
-    c.print(f"[green]done[/green]: {run.path}")
+    c.print(f"[green]done[/green]: {run.path}", soft_wrap=True)  # paths stay whole for copy and paste
     for k, v in extra.items():
-        c.print(f"  {k}: {v}")
-    c.print(f"  checkpoint: {run.model_path}")
+        c.print(f"  {k}: {v}", soft_wrap=True)
+    c.print(f"  checkpoint: {run.model_path}", soft_wrap=True)
 
 
 @click.command("pretrain")
