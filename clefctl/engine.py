@@ -212,6 +212,25 @@ def cache_images(samples: list, image_size: int, budget_mb: float = 1024.0) -> l
     return out
 
 
+def options_to_config(opts) -> dict:
+    """A stage's options dataclass as the plain dict a run's config.yaml stores (``resume`` left out:
+    it says how a run was started, not what it is)."""
+    from dataclasses import asdict
+
+    d = asdict(opts)
+    d.pop("resume", None)
+    return d
+
+
+def options_from_run(run: Run, given):
+    """Rebuild the options ``run`` was started with, for ``--resume``: the stored options and train
+    config, with only this invocation's ``progress``, ``max_steps`` and ``resume`` taken from ``given``."""
+    cfg = run.config().get("options", {})
+    train = TrainConfig(**{**cfg.pop("train", {}), "progress": given.train.progress,
+                           "max_steps": given.train.max_steps})
+    return type(given)(**{**cfg, "train": train, "resume": given.resume})
+
+
 def _rng_state() -> dict:
     np_state = np.random.get_state()
     return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),

@@ -18,14 +18,15 @@ Example::
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from clefctl import distributed as dist
-from clefctl.engine import TrainConfig, Trainer, cache_images, encode_text_trimmed
+from clefctl.engine import (TrainConfig, Trainer, cache_images, encode_text_trimmed, options_from_run,
+                            options_to_config)
 from clefctl.errors import ClefError
 from clefctl.losses import (au_loss, au_loss_from_logits, fer_loss, fer_loss_from_logits, finetune_loss,
                             name_description_loss)
@@ -84,7 +85,8 @@ def auto_epochs(arch: str, task: str, n_train: int, batch_size: int, world: int 
     return float(max(1, round(SMALL_MODEL_STEPS.get(task, 800) / steps_per_epoch)))
 
 
-def resolve_defaults(train: TrainConfig, arch: str, dataset: str, task: str, n_train: int, world: int = 1) -> TrainConfig:
+def resolve_defaults(train: TrainConfig, arch: str, dataset: str, task: str, n_train: int,
+                     world: int = 1) -> TrainConfig:
     """Fill the options left at None (batch, lr, epochs, warm-up) in place: the paper's settings
     (section 4.2) for pre-trained architectures, the SMALL_MODEL_* ones for clef-tiny/clef-small."""
     small = is_small_model(arch)
@@ -222,9 +224,7 @@ def run_finetune(opts: FinetuneOptions) -> Run:
     if opts.resume and resume_run is None:
         raise ClefError("nothing to resume: no fine-tuning run in the workspace", path=ws.root)
     if resume_run is not None:
-        from clefctl.pretrain import _options_from_run
-
-        opts = _options_from_run(resume_run, opts)
+        opts = options_from_run(resume_run, opts)
     if opts.head not in ("text", "linear"):
         raise ClefError(f"unknown --head {opts.head!r}", hint="use text or linear")
     dist.setup_from_env()
@@ -249,7 +249,7 @@ def run_finetune(opts: FinetuneOptions) -> Run:
     run = resume_run or ws.new_run("finetune", f"{bundle.name}-{opts.head}" +
                                    (f"-fold{opts.fold}" if folds else ""))
     resolve_defaults(opts.train, model.arch, bundle.name, bundle.task, len(train), dist.world_size())
-    config = {"stage": "finetune", "options": _jsonable(opts), "dataset": bundle.name, "task": bundle.task,
+    config = {"stage": "finetune", "options": options_to_config(opts), "dataset": bundle.name, "task": bundle.task,
               "classes": bundle.classes, "protocol": protocol, "init": init_desc, "arch": model.arch,
               "init_fingerprint": model.fingerprint, "train_samples": len(train), "test_samples": len(test),
               "prompts_hash": prompts.hash,
@@ -289,12 +289,6 @@ def run_finetune(opts: FinetuneOptions) -> Run:
 def _need_prompts(bundle) -> str:
     raise ClefError(f"data set {bundle.name} has no shipped prompt set", path=bundle.root,
                     hint="pass --prompts my_prompts.yaml with one class per label")
-
-
-def _jsonable(opts) -> dict:
-    d = asdict(opts)
-    d.pop("resume", None)
-    return d
 
 
 def predict_scores(model: ClefModel, samples, extras: dict, task: str, batch_size: int = 128,

@@ -14,12 +14,13 @@ Example::
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
 from clefctl import distributed as dist
-from clefctl.engine import TrainConfig, Trainer, cache_images, encode_text_trimmed
+from clefctl.engine import (TrainConfig, Trainer, cache_images, encode_text_trimmed, options_from_run,
+                            options_to_config)
 from clefctl.errors import ClefError
 from clefctl.losses import pretrain_loss, sup_con
 from clefctl.model import ClefModel, create, save_checkpoint
@@ -116,7 +117,7 @@ def run_pretrain(opts: PretrainOptions) -> Run:
     if opts.resume and resume_run is None:
         raise ClefError("nothing to resume: no pre-training run in the workspace", path=ws.root)
     if resume_run is not None:
-        opts = _options_from_run(resume_run, opts)
+        opts = options_from_run(resume_run, opts)
     dist.setup_from_env()
     bundle = _load_pretrain_data(opts)
     prompts = load_prompts(opts.prompts or bundle.prompts or "bp4d")
@@ -135,7 +136,7 @@ def run_pretrain(opts: PretrainOptions) -> Run:
                             TwoViews(transforms_for(model, train=True, **aug)),
                             classes_count=0, task="activity", activities=activities)
     run = resume_run or ws.new_run("pretrain", f"{bundle.name}-{model.arch}")
-    config = {"stage": "pretrain", "options": _jsonable(opts), "dataset": bundle.name, "arch": model.arch,
+    config = {"stage": "pretrain", "options": options_to_config(opts), "dataset": bundle.name, "arch": model.arch,
               "init_fingerprint": model.fingerprint, "frames": len(bundle.samples),
               "activities": activities, "prompts_hash": prompts.hash}
     if dist.is_main() and resume_run is None:
@@ -153,15 +154,3 @@ def run_pretrain(opts: PretrainOptions) -> Run:
     return run
 
 
-def _jsonable(opts) -> dict:
-    d = asdict(opts)
-    d.pop("resume", None)
-    return d
-
-
-def _options_from_run(run: Run, given):
-    """Rebuild the options a run was started with (``--resume`` continues exactly that run)."""
-    cfg = run.config().get("options", {})
-    train = TrainConfig(**{**cfg.pop("train", {}), "progress": given.train.progress,
-                           "max_steps": given.train.max_steps})
-    return type(given)(**{**cfg, "train": train, "resume": given.resume})
