@@ -491,11 +491,16 @@ def render(image, relevances: Sequence[tuple[str, Relevance]], out_png: str | os
     cols = max(1, min(cols or 6, n))
     rows = math.ceil(n / cols)
     cell_w, img_h, txt_h = 2.1, 2.1, 0.8
-    fig = Figure(figsize=(cols * cell_w, rows * (img_h + txt_h) + (0.4 if title else 0.0)), dpi=100)
+    if title:  # wrapped to the figure's width (10 pt: about 11 characters per inch)
+        import textwrap
+
+        title = "\n".join(textwrap.wrap(title, width=max(20, int(cols * cell_w * 11)), break_long_words=True))
+    title_h = 0.45 + 0.22 * title.count("\n") if title else 0.0
+    fig = Figure(figsize=(cols * cell_w, rows * (img_h + txt_h) + title_h), dpi=100)
     canvas = FigureCanvasAgg(fig)
     grid = fig.add_gridspec(rows * 2, cols, height_ratios=[img_h, txt_h] * rows,
                             hspace=0.12, wspace=0.08, left=0.02, right=0.98, bottom=0.01,
-                            top=1 - (0.4 / (rows * (img_h + txt_h) + 0.4) if title else 0.0) - 0.03)
+                            top=1 - (title_h / (rows * (img_h + txt_h) + title_h) if title else 0.0) - 0.03)
     if title:
         fig.suptitle(title, fontsize=10)
     renderer = canvas.get_renderer()

@@ -373,3 +373,16 @@ def test_cli_explains_a_stored_image_by_id(tiny, synth, tmp_path):
     _png_ok(tmp_path / "stored.png")
     res = _run(["no-such-id", "--store", store, "--checkpoint", "random", "--text", "x"], ok=False)
     assert isinstance(res.exception, ClefError) and "no-such-id" in str(res.exception)
+
+
+def test_render_wraps_a_long_title_instead_of_cutting_it(tmp_path):
+    """A long image path in the title is wrapped to the figure's width: the PNG grows taller."""
+    face = Image.new("RGB", (64, 64), (200, 150, 120))
+    rel = ex.Relevance(np.ones((64, 64), np.float32), np.ones((4, 4), np.float32), ["jaw", "drop"],
+                       np.ones(2, np.float32), 0.1, "jaw drop")
+    heights = {}
+    for key, title in (("short", "face.jpg - run r1"), ("long", "/data/" + "very_long_folder_name/" * 8 + "1.jpg - run r1")):
+        out = ex.render(face, [("jaw drop", rel)], tmp_path / f"{key}.png", title=title)
+        with Image.open(out) as im:
+            heights[key] = im.height
+    assert heights["long"] > heights["short"]
