@@ -362,9 +362,9 @@ def ablation_table(rows: Iterable[dict] | None = None, *, au_name: str = "BP4D",
     table.add_column("Method", no_wrap=True)
     for k in ABLATION_MARKS:
         table.add_column(k, justify="center")
-    table.add_column(f"{au_name} F1 ours", justify="right", style="bold")
+    table.add_column(f"{au_name} F1 ours", justify="right", style="bold", overflow="fold")
     table.add_column("BP4D F1 paper", justify="right", style="italic")
-    table.add_column(f"{fer_name} acc ours", justify="right", style="bold")
+    table.add_column(f"{fer_name} acc ours", justify="right", style="bold", overflow="fold")
     table.add_column("RAF-DB acc paper", justify="right", style="italic")
 
     def marks(r):
