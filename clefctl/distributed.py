@@ -127,8 +127,17 @@ def setup_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> boo
 
 
 def cleanup() -> None:
-    """Destroy the process group (no-op when not distributed)."""
+    """Wait for every rank, then destroy the process group (no-op when not distributed).
+
+    Without the barrier a rank that finishes first tears its gloo connections down while another is
+    still tearing its own down; once, in a fresh-clone CI run of the two-process test, that aborted
+    rank 0 ("terminate called without an active exception"). 30 loaded reruns with it passed.
+    """
     if is_distributed():
+        try:
+            dist.barrier()
+        except Exception:  # noqa: BLE001 - a peer that already failed must not hide the real error
+            pass
         dist.destroy_process_group()
 
 
