@@ -208,3 +208,50 @@ def test_finetune_defaults_paper_for_pretrained_archs_small_for_tiny():
     assert tiny.epochs == 17.0 and tiny.warmup_epochs == 1.67  # 48 steps per epoch: ~800 steps, 80 warm-up
     given = resolve_defaults(_cfg(lr=3e-4, batch_size=8, epochs=2, warmup_epochs=0.1), "clef-tiny", "x", "fer", 100)
     assert (given.lr, given.batch_size, given.epochs, given.warmup_epochs) == (3e-4, 8, 2, 0.1)
+
+
+def test_trimmed_text_encoding_equals_the_full_text_tower():
+    """engine.encode_text_trimmed runs the causal text tower only up to the last real token; the
+    features equal clip.encode_text on the full context (what its docstring claims)."""
+    from clefctl.engine import encode_text_trimmed
+
+    m = M.create("clef-tiny", seed=2)
+    tokens = m.tokenizer(["lip corner puller", "a photo of a person with brow lowerer and jaw drop."])
+    assert int((tokens != 0).sum(1).max()) < tokens.shape[1] // 2  # there is padding to trim
+    with torch.no_grad():
+        full = m.clip.encode_text(tokens)
+        encode_text = m.clip.encode_text
+        m.clip.encode_text = None  # the trimmed path must not fall back to the full tower
+        try:
+            trimmed = encode_text_trimmed(m.clip, tokens)
+        finally:
+            m.clip.encode_text = encode_text
+    assert torch.allclose(trimmed, full, atol=1e-5), (trimmed - full).abs().max()
+
+
+def test_cache_images_decodes_once_and_respects_the_budget(tmp_path):
+    """engine.cache_images: the cached pixels are the decoded, box-cropped image; a set over the
+    budget comes back unchanged; an unreadable file keeps its record for the data set to skip."""
+    import numpy as np
+    from PIL import Image
+
+    from clefctl.data.records import Sample, open_image
+    from clefctl.engine import cache_images
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    samples = [Sample(id=str(i), subject="s", path=p, box=(5, 4, 30, 20) if i == 0 else None)
+               for i, p in enumerate(paths)] + [Sample(id="bad", subject="s", path=str(tmp_path / "bad.jpg"))]
+    cached = cache_images(samples, image_size=64)
+    assert [c.id for c in cached] == [s.id for s in samples]
+    for s, c in zip(samples[:3], cached[:3]):
+        assert c.path is None and c.box is None
+        assert np.array_equal(c.pixels, np.asarray(open_image(s)))
+    assert cached[0].pixels.shape == (20, 30, 3)  # the face box was applied once
+    assert cached[3] is samples[3]                # unreadable: left to SampleDataset
+    assert cache_images(samples, image_size=64, budget_mb=1e-4) == samples
