@@ -8,9 +8,11 @@ traceback instead.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
+import warnings
 
 import click
 
@@ -67,17 +69,67 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("CLEF_DEBUG", "") not in ("", "0")
 
 
+_ERRNO_ADVICE = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOENT: "no such file or directory",
+    errno.EISDIR: "is a directory, not a file",
+    errno.ENOTDIR: "not a directory",
+}
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an operating-system error: what failed, on which file, what to do."""
+    code = exc.errno
+    what = _ERRNO_ADVICE.get(code) or (exc.strerror or str(exc) or type(exc).__name__)
+    where = exc.filename if exc.filename is not None else None
+    if where is not None and getattr(exc, "filename2", None):
+        where = f"{where} -> {exc.filename2}"
+    text = f"{what}: {where}" if where is not None else what
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        text += " (free some space, then run the same command again: finished work is kept and resumed)"
+    elif code == errno.EROFS:
+        text += " (write somewhere else, e.g. --workspace / --out on a writable disk)"
+    elif code in (errno.EACCES, errno.EPERM):
+        text += " (check the file's permissions or choose another location)"
+    elif code in (errno.ENOENT, errno.EISDIR, errno.ENOTDIR):
+        text += " (check the path)"
+    elif where is None and exc.strerror is None:
+        text = f"{type(exc).__name__}: {exc}"
+    return text
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line (``warning: ...``), without the source line of the library that warned."""
+    stream = file or sys.stderr
+    try:
+        stream.write(f"warning: {message}\n")
+    except (OSError, ValueError):  # a closed stderr: nothing to do
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the group and map errors to exit codes."""
+    """Console entry point: run the group and map errors to exit codes.
+
+    The one error boundary: user-fixable problems (:class:`ClefError`, bad options, any
+    ``OSError`` such as a missing file, a full or read-only disk, text that is not valid UTF-8)
+    print one line on stderr and exit 2 (``Interrupted``: 130); programming errors keep their
+    traceback. ``--debug`` (or ``CLEF_DEBUG=1``) re-raises everything.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
+    if not debug:
+        warnings.showwarning = _show_warning
     try:
         rv = cli.main(args=argv, prog_name="clefctl", standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
-        click.echo("aborted", err=True)
+        click.echo("interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         if debug:
@@ -88,14 +140,20 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except OSError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc.strerror or exc}: {exc.filename} (check the path)", err=True)
+        click.echo(f"error: {os_error_message(exc)}", err=True)
+        sys.exit(2)
+    except UnicodeError as exc:
+        if debug:
+            raise
+        click.echo(f"error: text that is not valid {getattr(exc, 'encoding', 'UTF-8')} ({exc}) "
+                   "(save the file as UTF-8)", err=True)
         sys.exit(2)
 
 

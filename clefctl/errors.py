@@ -24,3 +24,12 @@ class ClefError(Exception):
         if hint:
             text += f" ({hint})"
         super().__init__(text)
+
+
+class Interrupted(ClefError):
+    """A run stopped on purpose (SIGINT / SIGTERM) after saving what it could.
+
+    The CLI prints the message (e.g. where the checkpoint is and how to continue) and exits 130.
+    """
+
+    exit_code = 130

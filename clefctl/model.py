@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,9 +157,48 @@ def _is_torchscript(path: Path) -> bool:
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
+def _looks_like_torch_pickle(path: Path) -> bool:
+    """A ``torch.save`` file: a zip archive (torch >= 1.6) or a legacy pickle (protocol 2+ opcode)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04":  # a zip cut short (no central directory): corrupt, not foreign
+        return True
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+def _needs_code(exc: BaseException) -> str | None:
+    """The class a weights_only load refused (``Unsupported global: GLOBAL x.Y``), or None when the
+    failure is corruption rather than an object that needs arbitrary unpickling."""
+    import re
+
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    if m:
+        return m.group(1)
+    return "an unsupported object" if "weights_only" in str(exc) and "GLOBAL" in str(exc) else None
+
+
+def _refuse_untrusted(path: Path, what: str, hint: str) -> ClefError:
+    return ClefError(f"refusing to load: {what}", path=path,
+                     hint=f"{hint}; only if you trust where this file came from, pass --trust-checkpoint")
+
+
 def read_weights_file(path: str | Path, trust_checkpoint: bool = False) -> tuple[Any, str]:
     """Load a weights file by content. Returns (object, container) with container in
-    ``safetensors | torchscript | pickle``."""
+    ``safetensors | torchscript | pickle``.
+
+    Safetensors and pickles of plain tensors and containers load as they are
+    (``torch.load(weights_only=True)``). Anything that can carry code is refused unless
+    ``trust_checkpoint`` is set by the caller's own command line: pickles holding Python objects
+    and TorchScript archives (their ``code/`` is compiled and run by ``torch.jit.load``).
+    Files that are none of these formats, or are cut short, get a :class:`ClefError` naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise ClefError("weights file not found", path=path, hint="give a path to a .pt/.pth/.safetensors file or an open_clip pretrained tag")
@@ -172,8 +210,12 @@ def read_weights_file(path: str | Path, trust_checkpoint: bool = False) -> tuple
         try:
             return load_file(str(path), device="cpu"), "safetensors"
         except Exception as exc:  # corrupt header or truncated file
-            raise ClefError(f"cannot read safetensors file: {exc}", path=path) from None
+            raise ClefError(f"cannot read safetensors file: {_first_line(exc)}", path=path) from None
     if _is_torchscript(path):
+        if not trust_checkpoint:
+            raise _refuse_untrusted(path, "this is a TorchScript archive, whose code runs when it is loaded",
+                                    "OpenAI's CLIP archives also load as open_clip pretrained tags "
+                                    "(e.g. --weights openai)")
         try:
             import warnings
 
@@ -181,24 +223,33 @@ def read_weights_file(path: str | Path, trust_checkpoint: bool = False) -> tuple
                 warnings.simplefilter("ignore", FutureWarning)
                 scripted = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
-            raise ClefError(f"cannot read TorchScript archive: {exc}", path=path) from None
+            raise ClefError(f"cannot read TorchScript archive: {_first_line(exc)}", path=path) from None
+        log.warning("loading TorchScript archive %s (--trust-checkpoint)", path)
         return scripted.state_dict(), "torchscript"
+    if not _looks_like_torch_pickle(path):
+        with open(path, "rb") as f:
+            head = f.read(8)
+        raise ClefError(f"not a weights file: neither a PyTorch checkpoint, a safetensors file nor a "
+                        f"TorchScript archive (it starts with {head!r})", path=path,
+                        hint="give a .pt/.pth/.safetensors file, an open_clip pretrained tag, or 'random'")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True), "pickle"
-    except pickle.UnpicklingError as exc:
+    except Exception as exc:  # noqa: BLE001 - pickle internals raise KeyError/IndexError on garbage
+        refused = _needs_code(exc)
+        if refused is None:
+            raise ClefError(f"not a readable PyTorch weights file, corrupt or cut short ({_first_line(exc)})",
+                            path=path, hint="download or copy it again") from None
         if not trust_checkpoint:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
-            raise ClefError(
-                "refusing to load: the file contains Python objects that need arbitrary unpickling "
-                f"({first[:160]})",
-                path=path,
-                hint="only if you trust where this file came from, pass --trust-checkpoint",
-            ) from None
-        log.warning("loading %s with full unpickling (--trust-checkpoint)", path)
+            raise _refuse_untrusted(path, f"the file contains Python objects ({refused}) that need "
+                                          "arbitrary unpickling, which can run code",
+                                    "re-save it as a plain state dict or safetensors") from None
+    log.warning("loading %s with full unpickling (--trust-checkpoint)", path)
+    try:
         return torch.load(str(path), map_location="cpu", weights_only=False), "pickle"
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise ClefError(f"not a readable PyTorch/safetensors weights file ({str(exc).splitlines()[0][:160]})",
-                        path=path) from None
+    except Exception as exc:  # noqa: BLE001 - a trusted file can still be broken or need missing code
+        raise ClefError(f"cannot unpickle the weights file even with --trust-checkpoint: "
+                        f"{type(exc).__name__}: {_first_line(exc)}", path=path,
+                        hint="it may need a Python package that is not installed, or be corrupt") from None
 
 
 def _unwrap(obj: Any) -> tuple[dict, dict, dict]:
@@ -417,7 +468,33 @@ class ClefModel:
         """A list of strings -> (N, D) unit float32."""
         if isinstance(texts, str):
             texts = [texts]
-        return self._run(self.clip.encode_text, list(texts), batch_size, lambda b: self.tokenizer(list(b)))
+        texts = list(texts)
+        self.warn_if_cut(texts)
+        return self._run(self.clip.encode_text, texts, batch_size, lambda b: self.tokenizer(list(b)))
+
+    def warn_if_cut(self, texts: Sequence[str]) -> list[str]:
+        """Warn (once per call, naming the first) about texts longer than the text tower's context,
+        which the tokenizer cuts; returns the texts that are cut."""
+        import warnings
+
+        ctx = int(getattr(self.tokenizer, "context_length", 0) or 0)
+        encode = getattr(self.tokenizer, "encode", None)
+        if ctx <= 0 or encode is None:
+            return []
+        cut = []
+        for t in dict.fromkeys(texts):
+            if len(t) < ctx:  # a BPE token spans at least one character: cannot be too long
+                continue
+            n = len(encode(t)) + 2  # + start and end of text
+            if n > ctx:
+                cut.append(t)
+        if cut:
+            first = cut[0]
+            n = len(encode(first)) + 2
+            more = f" (and {len(cut) - 1} more)" if len(cut) > 1 else ""
+            warnings.warn(f"text of {n} tokens is longer than the model's {ctx}-token context and is cut: "
+                          f"{first[:60]!r}...{more}; shorten it to keep its end", UserWarning, stacklevel=3)
+        return cut
 
     def to(self, device) -> "ClefModel":
         self.device = torch.device(device)

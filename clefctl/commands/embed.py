@@ -24,11 +24,12 @@ def resolve_weights(weights: str | None, workspace) -> str | None:
     if weights == "random":
         return None
     if weights:
-        return weights
+        p = Path(weights).expanduser()
+        return str(p.resolve()) if p.exists() else weights  # a file stays valid from any folder
     for stage in ("finetune", "pretrain"):
         run = workspace.latest(stage)
         if run is not None and run.model_path.is_file():
-            return str(run.model_path)
+            return str(run.model_path.resolve())
     raise ClefError(f"no model given and no finished finetune/pretrain run in {workspace.root}",
                     hint="pass --weights model.pt (or --weights random for an untrained model)")
 
@@ -60,6 +61,8 @@ def embed_run_dir(workspace, fingerprint: str, image_set: str) -> Path:
 @click.option("--weights", default=None, help="Model weights (file or open_clip tag; 'random' = untrained). "
                                               "Default: the latest finetune run's model.")
 @click.option("--arch", default="ViT-B-16", show_default=True, help="Architecture (a clefctl checkpoint carries its own).")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Allow full unpickling of a trusted weights file (never taken from a config file).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
               help="Store file (default: <workspace>/embed/<image set>--<model>/store.h5).")
@@ -74,8 +77,8 @@ def embed_run_dir(workspace, fingerprint: str, image_set: str) -> Path:
 @click.option("--overwrite", is_flag=True, help="Start the store again instead of resuming it.")
 @click.option("--workspace", default=None, type=click.Path(file_okay=False), help="Run folder root.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def embed(dataset, dataset_root, data_root, split, weights, arch, device, out, batch_size, chunk_size,
-          dtype, workers, index_kind, overwrite, workspace, as_json) -> None:
+def embed(dataset, dataset_root, data_root, split, weights, arch, trust_checkpoint, device, out, batch_size,
+          chunk_size, dtype, workers, index_kind, overwrite, workspace, as_json) -> None:
     """Embed a data set's images into a resumable HDF5 store (and build its FAISS index).
 
     Killed runs continue from the last committed chunk when started again. Under torchrun each
@@ -111,7 +114,7 @@ def embed(dataset, dataset_root, data_root, split, weights, arch, device, out, b
         import torch
 
         dev = f"cuda:{distributed.local_rank()}" if torch.cuda.is_available() else "cpu"
-    model = create(arch, resolve_weights(weights, ws), dev)
+    model = create(arch, resolve_weights(weights, ws), dev, trust_checkpoint=trust_checkpoint)
     if out is None:
         run_dir = embed_run_dir(ws, model.fingerprint, image_set)
         store_path = run_dir / STORE_NAME
@@ -177,6 +180,8 @@ def resolve_store(store: str | None, run_ref: str | None, workspace) -> tuple[Pa
 @click.option("--run", "run_ref", default=None, help="Embed run name or folder.")
 @click.option("--weights", default=None, help="Model weights (default: those of the embed run).")
 @click.option("--arch", default=None, help="Architecture (default: that of the embed run).")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Allow full unpickling of a trusted weights file (never taken from a config file).")
 @click.option("--index", "index_kind", default="auto", show_default=True,
               type=click.Choice(["auto", "flat", "hnsw", "ivf"]))
 @click.option("--classes", "show_classes", is_flag=True,
@@ -185,8 +190,8 @@ def resolve_store(store: str | None, run_ref: str | None, workspace) -> tuple[Pa
               help="Also draw the hits into this PNG.")
 @click.option("--workspace", default=None, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
-def query(text, image, k, store, run_ref, weights, arch, index_kind, show_classes, sheet, workspace,
-          as_json) -> None:
+def query(text, image, k, store, run_ref, weights, arch, trust_checkpoint, index_kind, show_classes, sheet,
+          workspace, as_json) -> None:
     """Find the stored images nearest to a text (or to an image / store id).
 
     Uses the latest store; when none exists it embeds the latest fine-tuning run's data set first.
@@ -195,7 +200,6 @@ def query(text, image, k, store, run_ref, weights, arch, index_kind, show_classe
     Example: clefctl query "lip corner pulled up"
              clefctl query "the lip corners are pulled up" -k 12 --classes --sheet hits.png
     """
-    from clefctl.model import create
     from clefctl.search import contact_sheet_of_hits, query_image, query_text
     from clefctl.workspace import Workspace
 
@@ -211,11 +215,7 @@ def query(text, image, k, store, run_ref, weights, arch, index_kind, show_classe
         with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the query's own output
             click.get_current_context().invoke(embed, workspace=workspace)
     store_path, cfg = resolve_store(store, run_ref, ws)
-    w = weights if weights is not None else cfg.get("weights")
-    if w is None:
-        raise ClefError("the store's model is unknown", path=store_path,
-                        hint="pass --weights (and --arch) of the model that made the store")
-    model = create(arch or cfg.get("arch") or "ViT-B-16", None if w == "random" else w)
+    model = store_model(store_path, cfg, weights, arch, trust_checkpoint)
     hits = (query_text(store_path, model, text, k=k, index=index_kind) if text is not None
             else query_image(store_path, model, image, k=k, index=index_kind))
     if sheet:
@@ -249,6 +249,18 @@ def query(text, image, k, store, run_ref, weights, arch, index_kind, show_classe
         click.echo(f"contact sheet: {sheet}")
 
 
+def store_model(store_path: Path, cfg: dict, weights: str | None, arch: str | None, trust_checkpoint: bool):
+    """The model that made a store: ``--weights``/``--arch`` when given, else those of its embed run."""
+    from clefctl.model import create
+
+    w = weights if weights is not None else cfg.get("weights")
+    if w is None:
+        raise ClefError("the store's model is unknown (it was not written by an embed run)", path=store_path,
+                        hint="pass --weights (and --arch) of the model that made the store")
+    return create(arch or cfg.get("arch") or "ViT-B-16", None if w == "random" else w,
+                  trust_checkpoint=trust_checkpoint)
+
+
 def _nearest_with_precision(model, cfg: dict, text: str, hits) -> dict:
     """Nearest prompt classes of ``text`` (the model's prompt set) and the share of hits labelled with
     the nearest one (precision@k), when the store carries labels of that class."""
@@ -276,18 +288,24 @@ def _nearest_with_precision(model, cfg: dict, text: str, hits) -> dict:
               help="Class vectors: label names, descriptions (one per class) or the template ensemble.")
 @click.option("--store", default=None, type=click.Path(dir_okay=False), help="Store file (default: latest embed run).")
 @click.option("--run", "run_ref", default=None, help="Embed run name or folder.")
+@click.option("--weights", default=None, help="Model weights (default: those of the embed run; needed for a "
+                                              "store written with --out).")
+@click.option("--arch", default=None, help="Architecture (default: that of the embed run).")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Allow full unpickling of a trusted weights file (never taken from a config file).")
 @click.option("--out", "out_csv", default=None, type=click.Path(dir_okay=False), help="Write per-image scores here.")
 @click.option("--workspace", default=None, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True)
-def rescore(prompts_ref, mode, store, run_ref, out_csv, workspace, as_json) -> None:
+def rescore(prompts_ref, mode, store, run_ref, weights, arch, trust_checkpoint, out_csv, workspace,
+            as_json) -> None:
     """Re-score cached image embeddings against (edited) prompt classes; the image encoder never runs.
 
     A class added to the YAML is scored zero-shot; renaming or re-describing a class changes its scores.
 
     \b
     Example: clefctl rescore --prompts my_prompts.yaml --out scores.csv
+             clefctl rescore --store s.h5 --weights model.pt --prompts rafdb --json
     """
-    from clefctl.model import create
     from clefctl.paths import atomic_path
     from clefctl.prompts import load_prompts
     from clefctl.search import rescore as run_rescore
@@ -296,8 +314,7 @@ def rescore(prompts_ref, mode, store, run_ref, out_csv, workspace, as_json) -> N
 
     ws = Workspace(workspace)
     store_path, cfg = resolve_store(store, run_ref, ws)
-    w = cfg.get("weights")
-    model = create(cfg.get("arch") or "ViT-B-16", None if w in (None, "random") else w)
+    model = store_model(store_path, cfg, weights, arch, trust_checkpoint)
     prompts = load_prompts(prompts_ref)
     with EmbeddingStore.open(store_path, fingerprint=model.fingerprint) as st:
         res = run_rescore(st, model, prompts, mode)

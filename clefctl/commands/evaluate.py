@@ -20,14 +20,16 @@ import click
               help="Also report per-AU thresholds tuned on each TRAINING fold (labelled row).")
 @click.option("--ablation", is_flag=True, help="Run the Table 6 grid (PA, PI, I, N, D) on synthetic-au/-fer.")
 @click.option("--epochs", type=float, default=None, help="Ablation: epochs per run (default: the stages').")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="--checkpoint: allow full unpickling of a trusted file (never taken from a config file).")
 @click.option("--data-root", default=None, envvar="CLEF_DATA_ROOT")
 @click.option("--dataset-root", default=None)
 @click.option("--device", default=None)
 @click.option("--workspace", default=None, envvar="CLEF_WORKSPACE")
 @click.option("--no-progress", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print results.json's content.")
-def evaluate(k, config, dataset, checkpoint, split, tune_thresholds, ablation, epochs, data_root, dataset_root,
-             device, workspace, no_progress, as_json) -> None:
+def evaluate(k, config, dataset, checkpoint, split, tune_thresholds, ablation, epochs, trust_checkpoint, data_root,
+             dataset_root, device, workspace, no_progress, as_json) -> None:
     """Evaluate as the paper does: per-AU F1 (fold mean and pooled) or accuracy, tables and plots.
 
     Runs one fine-tuned model per subject fold with the settings of the latest fine-tuning run
@@ -54,7 +56,8 @@ def evaluate(k, config, dataset, checkpoint, split, tune_thresholds, ablation, e
             console.print(reports.ablation_table(rows, au_name="synthetic-au", fer_name="synthetic-fer"))
         return
     if checkpoint:
-        out = ev.evaluate_checkpoint(checkpoint, dataset, split, workspace, data_root, dataset_root, device)
+        out = ev.evaluate_checkpoint(checkpoint, dataset, split, workspace, data_root, dataset_root, device,
+                                     trust_checkpoint=trust_checkpoint)
     else:
         out = ev.evaluate_kfold(k, config, workspace, dataset, data_root, dataset_root, tune_thresholds, device,
                                 progress=not no_progress and not as_json)
