@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ import numpy as np
 
 from clefctl.errors import ClefError
 from clefctl.store import EmbeddingStore, IndexParams, load_index
+
+log = logging.getLogger(__name__)
 
 RESCORE_MODES = ("names", "descriptions", "ensemble")
 HIT_COLUMNS = ("rank", "row", "id", "path", "subject", "score", "labels")
@@ -336,6 +339,53 @@ class RescoreResult:
         return out
 
 
+def check_prompts_fit(store: EmbeddingStore, model, prompts) -> None:
+    """Refuse (:class:`ClefError`) a prompt set that cannot score this store: its task (au/fer)
+    differs from the store's labels or from the fine-tuned head of ``model``, or none of its
+    class ids is among the store's classes. The message says what differs and names the
+    shipped prompt sets that would fit. Extra or missing classes are fine (zero-shot, subsets)."""
+    meta = getattr(model, "meta", None) or {}
+    head = meta.get("task") if meta.get("stage") == "finetune" else None
+    ptask, pids = prompts.task, list(prompts.class_ids)
+    what = f"prompt set '{prompts.dataset}' is for task {ptask} ({len(pids)} classes: {_few(pids)})"
+    problem = None
+    if store.task in ("au", "fer") and ptask in ("au", "fer") and ptask != store.task:
+        problem = (f"{what}, but the store holds {store.task} labels ({store.n_classes} classes: "
+                   f"{_few(store.classes)})")
+    elif head in ("au", "fer") and ptask in ("au", "fer") and ptask != head:
+        problem = f"{what}, but the model's head was fine-tuned for {head} ({meta.get('dataset', '?')})"
+    elif store.task in ("au", "fer") and store.classes and not set(pids) & set(store.classes):
+        problem = (f"{what}: none of them is among the store's {store.n_classes} classes "
+                   f"({_few(store.classes)})")
+    if problem is None:
+        return
+    fits = _fitting_prompt_sets(store.task or head or "", store.classes)
+    hint = (f"use --prompts {' or '.join(fits)}" if fits else
+            f"write a prompt YAML for task {store.task or head} with classes {_few(store.classes)}")
+    raise ClefError(problem, path=store.path, hint=hint)
+
+
+def _few(items: Sequence[str], n: int = 6) -> str:
+    items = list(items)
+    return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def _fitting_prompt_sets(task: str, classes: Sequence[str]) -> list[str]:
+    """Shipped prompt sets of ``task`` holding every one of ``classes`` (exact sets first)."""
+    from clefctl.prompts import available_prompt_sets, load_prompts
+
+    exact, cover = [], []
+    for name in available_prompt_sets():
+        try:
+            ps = load_prompts(name)
+        except ClefError:  # pragma: no cover - a broken shipped file
+            continue
+        if ps.task != task or not set(classes) <= set(ps.class_ids):
+            continue
+        (exact if set(ps.class_ids) == set(classes) else cover).append(name)
+    return exact + cover
+
+
 def score_matrix(store: EmbeddingStore, class_vecs: np.ndarray, block_rows: int = 65536,
                  sub_rows: int = 2048) -> np.ndarray:
     """``(N, C)`` cosine of every committed row with every class vector: a chunked matmul
@@ -368,13 +418,15 @@ def rescore(store, model, prompts, mode: str = "names", *, logit_scale: float | 
     embeddings are multiplied by the class vectors of ``mode`` (see
     :func:`class_text_embeddings`). A class added to the prompt file is scored zero-shot, and a
     renamed or re-described class changes only its own column of ``scores``. ``logit_scale``
-    (1/tau) defaults to the model's.
+    (1/tau) defaults to the model's. A prompt set that does not fit the store or the model's
+    head is refused first (:func:`check_prompts_fit`).
     """
     import time
 
     t0 = time.perf_counter()
     st, own = _open_store(store, model)
     try:
+        check_prompts_fit(st, model, prompts)
         task = prompts.task if prompts.task in ("au", "fer") else (st.task or "fer")
         if logit_scale is None:
             ls = model.logit_scale
@@ -406,6 +458,8 @@ def _thumb(row, size: int):
         with Image.open(path) as raw:
             raw.load()
             img = raw.convert("RGB")
+    except FileNotFoundError:
+        return None, "not found"
     except (OSError, ValueError):
         return None, "unreadable"
     bw = row.get("box_w", -1)
@@ -422,7 +476,9 @@ def contact_sheet_of_hits(hits, out_png: str | os.PathLike, *, cols: int = 5, th
     """Draw search hits as a grid of thumbnails captioned with rank, score, id and labels.
 
     ``hits`` is a DataFrame from :func:`query_text` / :func:`query_image` (or a list of them:
-    one row of the sheet per query). Missing images get a grey tile. Written atomically.
+    one row of the sheet per query). An image that cannot be read gets a grey tile, and how many
+    did is logged as a warning (stderr); when no image at all can be read a :class:`ClefError`
+    is raised and no sheet written. Written atomically.
     """
     import pandas as pd
     from PIL import Image, ImageDraw, ImageFont
@@ -445,6 +501,7 @@ def contact_sheet_of_hits(hits, out_png: str | os.PathLike, *, cols: int = 5, th
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     y0 = 0
+    failed: list[tuple[str, str]] = []   # (path or id, why) of the tiles drawn grey
     for f, rows in blocks:
         head = title if (title and len(frames) == 1) else (f.attrs.get("query") or title or "")
         draw.text((4, y0 + 3), str(head)[: width // 6], fill=(0, 0, 0), font=font)
@@ -454,6 +511,7 @@ def contact_sheet_of_hits(hits, out_png: str | os.PathLike, *, cols: int = 5, th
             x, y = (i % cols) * thumb, y0 + (i // cols) * (thumb + cap_h)
             img, why = _thumb(rec, thumb)
             if img is None:
+                failed.append((str(rec.get("path") or rec.get("id", "")), why))
                 draw.rectangle([x, y, x + thumb - 1, y + thumb - 1], fill=(160, 160, 160))
                 draw.text((x + 4, y + thumb // 2 - 6), why, fill=(0, 0, 0), font=font)
             else:
@@ -463,6 +521,18 @@ def contact_sheet_of_hits(hits, out_png: str | os.PathLike, *, cols: int = 5, th
             draw.text((x + 2, y + thumb + 2), line1[:chars], fill=(0, 0, 0), font=font)
             draw.text((x + 2, y + thumb + 17), str(rec.get("labels", ""))[:chars], fill=(90, 90, 90), font=font)
         y0 += rows * (thumb + cap_h)
+    tiles = sum(len(f) for f in frames)
+    if failed:
+        where, why = failed[0]
+        if len(failed) == tiles:
+            moved = any(w != "no image file" for _, w in failed)
+            raise ClefError(f"none of the {tiles} hit images could be read for the contact sheet "
+                            f"(e.g. {where}: {why})", path=frames[0].attrs.get("store"),
+                            hint=("the image files were moved or deleted since `clefctl embed`; "
+                                  "embed them again from where they are now") if moved else
+                                 "the store's images were embedded from memory, not from files")
+        log.warning("%d of %d hit images could not be read and are drawn as grey tiles "
+                    "(e.g. %s: %s)", len(failed), tiles, where, why)
     out_png = Path(out_png)
     with atomic_path(out_png) as tmp:
         sheet.save(tmp, format="PNG")

@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import struct
 import time
 import uuid
@@ -60,6 +61,7 @@ BLOB_CHUNK = 1 << 16           # chunk bytes of the UTF-8 string blobs
 FLAT_LIMIT = 100_000           # index="auto": exact search below this many vectors, IVF above
 CHECKSUM_ROWS = 4096           # rows hashed at each end of the store for the index checksum
 STORE_SUFFIX = ".h5"
+TEXT_CACHE_ROOM = 16 << 20     # free disk space the (non-SWMR) text-cache write needs beyond its data
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,6 +221,63 @@ def _is_lock_error(exc: Exception) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
+# Failed writes (a full disk, I/O errors)
+# ----------------------------------------------------------------------------------------------
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _fence(h5) -> None:
+    """Stop every further write of a failed HDF5 writer from reaching its file, then close it.
+
+    After a failed write HDF5 keeps the unwritten chunks and metadata dirty and retries them
+    when the objects or the file are closed; those retries fail again inside h5py's
+    ``__dealloc__`` (where the error is swallowed) and the library then crashes (a segfault
+    at exit). Pointing the file's descriptor at the null device first makes the retries
+    succeed without touching the file, which therefore stays exactly as a process killed at
+    the failure would have left it: a consistent SWMR file whose ``/state`` names the last
+    commit, recovered by the next open like after a ``kill -9``."""
+    try:
+        fd = h5.id.get_vfd_handle()
+    except Exception:  # noqa: BLE001 - a closed or non-POSIX file: nothing to fence
+        fd = None
+    if isinstance(fd, int) and fd > 2:
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
+    with contextlib.suppress(Exception):
+        h5.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _error_number(exc: BaseException) -> int | None:
+    """The errno of an OSError, or the one HDF5 writes into its message ("errno = 28")."""
+    if isinstance(getattr(exc, "errno", None), int):
+        return exc.errno
+    m = re.search(r"errno = (\d+)", str(exc))
+    return int(m.group(1)) if m else None
+
+
+def _write_error(exc: BaseException, path, committed: int) -> ClefError:
+    """The :class:`ClefError` for a failed store write (the disk is full, or another error)."""
+    code = _error_number(exc)
+    again = "run the same command again: it resumes after the last committed chunk"
+    kept = (f"the {committed} rows committed before are kept" if committed
+            else "no rows were committed yet")
+    if code in _DISK_FULL or "No space left on device" in str(exc):
+        return ClefError(f"the disk is full: writing the embedding store failed; {kept}",
+                         path=path, hint=f"free some space, then {again}")
+    reason = os.strerror(code) if code else _first_line(exc)
+    return ClefError(f"writing the embedding store failed ({reason}); {kept}", path=path,
+                     hint=f"fix the cause, then {again}")
+
+
+# ----------------------------------------------------------------------------------------------
 # Small helpers
 # ----------------------------------------------------------------------------------------------
 
@@ -267,7 +326,10 @@ def _text_key(prompt_hash: str, text_fingerprint: str, texts: Sequence[str]) -> 
 
 @dataclass
 class Columns:
-    """One block of store rows as arrays (what :meth:`EmbeddingStore.append_columns` writes)."""
+    """One block of store rows as arrays (what :meth:`EmbeddingStore.append_columns` writes).
+
+    :meth:`from_samples` stores image paths made absolute (against the current folder), so that
+    the store can be read from any folder."""
 
     embedding: np.ndarray                       # (k, D), the store's dtype or float32
     strings: dict[str, list[str]]               # STRING_COLUMNS -> k strings
@@ -285,7 +347,7 @@ class Columns:
         k = len(samples)
         strings = {
             "id": [str(s.id) for s in samples],
-            "path": ["" if s.path is None else str(s.path) for s in samples],
+            "path": ["" if s.path is None else os.path.abspath(str(s.path)) for s in samples],
             "subject": [s.subject or "" for s in samples],
             "activity": [s.activity or "" for s in samples],
             "split": [s.split or "" for s in samples],
@@ -344,6 +406,8 @@ class EmbeddingStore:
         self.text_cache_misses = 0
         self.last_text_cache_hit: bool | None = None
         self._ids_cache: list[str] | None = None
+        self._handles: dict = {}           # writer: datasets kept open between commits
+        self._broken: BaseException | None = None   # writer: the write that failed
         self._state = (0, 0, 0)
         self.refresh()
 
@@ -376,7 +440,8 @@ class EmbeddingStore:
 
             with atomic_path(path) as tmp:
                 _write_skeleton(tmp, fingerprint, int(dim), image_set, dtype,
-                                task if task != "activity" else "", list(classes), extra_attrs or {})
+                                task if task != "activity" else "", list(classes), extra_attrs or {},
+                                shown_as=path)
             return cls._open_writer(path, lock)
         except BaseException:
             lock.release()
@@ -424,8 +489,8 @@ class EmbeddingStore:
             if not _is_flag_error(exc):
                 raise ClefError(f"cannot open the store for writing: {exc}", path=path) from None
             # We hold the writer lock, so the process that set the flags is gone: a crash.
-            log.warning("store %s was left open by a writer that died; recovering the last "
-                        "committed chunk", path)
+            log.warning("store %s was left open by a writer that stopped (killed, or after a "
+                        "failed write); continuing after the last committed chunk", path)
             clear_status_flags(path)
             h5 = _open_h5_append(path)
         _check_schema(h5, path)
@@ -591,14 +656,36 @@ class EmbeddingStore:
 
     @property
     def paths(self) -> list[str]:
-        return self._strings(self._h5["images/path"], 0, self.count)
+        """Committed rows' image paths, resolved as :meth:`resolve_path` does ("" = none)."""
+        return [self.resolve_path(p) for p in self._strings(self._h5["images/path"], 0, self.count)]
 
     def column(self, name: str, rows=None) -> list[str]:
-        """A string column (id, path, subject, activity, split) for ``rows``."""
+        """A string column (id, path, subject, activity, split) for ``rows`` (paths resolved
+        as :meth:`resolve_path` does)."""
         if name not in STRING_COLUMNS:
             raise KeyError(name)
         idx = self._rows(rows)
-        return self._strings_at(self._h5[f"images/{name}"], idx)
+        values = self._strings_at(self._h5[f"images/{name}"], idx)
+        return [self.resolve_path(v) for v in values] if name == "path" else values
+
+    def resolve_path(self, stored: str) -> str:
+        """The image file of a stored path. Stores written before paths were made absolute
+        can hold paths relative to the folder ``embed`` ran in: such a path is used
+        as it is when it exists from the current folder, else it is tried against the store's
+        folder and each folder above it (where ``embed`` usually ran: the default workspace
+        ``./clef_runs`` lies below it). A path found nowhere is returned unchanged."""
+        if not stored or os.path.isabs(stored) or os.path.exists(stored):
+            return stored
+        for base in self._path_bases:
+            candidate = os.path.join(base, stored)
+            if os.path.exists(candidate):
+                return candidate
+        return stored
+
+    @functools.cached_property
+    def _path_bases(self) -> list[str]:
+        folder = Path(os.path.abspath(self.path)).parent
+        return [str(folder)] + [str(p) for p in folder.parents]
 
     def row_of(self, sample_id: str) -> int:
         """The row of ``sample_id`` (ClefError when absent)."""
@@ -637,8 +724,9 @@ class EmbeddingStore:
         return out
 
     def metadata(self, rows=None):
-        """A pandas DataFrame, one row per store row: row, id, path, subject, activity, frame,
-        split, label (+ label_name) or one column per AU (1/0, NaN when not coded), box_x/y/w/h."""
+        """A pandas DataFrame, one row per store row: row, id, path (resolved as
+        :meth:`resolve_path` does), subject, activity, frame, split, label (+ label_name) or one
+        column per AU (1/0, NaN when not coded), box_x/y/w/h."""
         import pandas as pd
 
         idx = self._rows(rows)
@@ -646,6 +734,7 @@ class EmbeddingStore:
         data: dict[str, object] = {"row": idx}
         for name in STRING_COLUMNS:
             data[name] = self._strings_at(g[name], idx)
+        data["path"] = [self.resolve_path(v) for v in data["path"]]
         frame = self._read_rows(g["frame"], idx)
         data["frame"] = pd.array([None if f < 0 else int(f) for f in frame], dtype="Int64")
         lab = self.labels(idx)
@@ -682,6 +771,33 @@ class EmbeddingStore:
         if self.mode != "a":
             raise ClefError("store is open read-only", path=self.path,
                             hint="open it with mode='a' to append")
+        if self._broken is not None or self._h5 is None:
+            raise ClefError("store is closed for writing" + (" after a failed write"
+                                                             if self._broken is not None else ""),
+                            path=self.path, hint="open it again to continue")
+
+    def _ds(self, name: str):
+        """A dataset the writer keeps open until :meth:`close`. Datasets opened per commit and
+        dropped would be closed by the garbage collector, which writes their cached chunks and
+        swallows a failure of that write (h5py cannot raise from ``__dealloc__``): rows lost
+        silently. Kept open, their chunks are written by the checked ``flush()`` of the commit."""
+        ds = self._handles.get(name)
+        if ds is None:
+            ds = self._handles[name] = self._h5[name]
+        return ds
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Run writes of one commit; the first HDF5 or OS write error fences the file (see
+        :func:`_fence`), closes the store and raises a :class:`ClefError` (for a full disk:
+        "the disk is full", and that rerunning resumes). Committed rows stay committed."""
+        self._need_writer()
+        try:
+            yield
+        except (OSError, RuntimeError) as exc:
+            self._broken = exc
+            self._abandon()
+            raise _write_error(exc, self.path, self.count) from exc
 
     def append(self, embeddings, samples: Sequence, skipped_ids: Sequence[str] = ()) -> int:
         """Commit one chunk: ``embeddings`` (k, D) for ``samples`` (k :class:`Sample` records,
@@ -696,58 +812,95 @@ class EmbeddingStore:
 
     def append_columns(self, cols: Columns, skipped_ids: Sequence[str] = ()) -> int:
         """Commit one chunk given as :class:`Columns` (embeddings are stored as given, cast to
-        the store dtype; :meth:`append` normalises first)."""
+        the store dtype; :meth:`append` normalises first).
+
+        Every write, the flush and the fsync of the rows are checked before the committed count
+        is written (and flushed and fsynced in turn); a failure raises :class:`ClefError` and
+        leaves the count at the previous commit (see :meth:`_writing`)."""
         self._need_writer()
-        f = self._h5
-        g = f["images"]
         n0, s0, _ = self._state
         k = len(cols)
-        if k:
-            if cols.embedding.shape[1] != self.dim:
-                raise ClefError(f"rows have dimension {cols.embedding.shape[1]}, the store {self.dim}")
-            end = n0 + k
-            for name, arr in (("embedding", cols.embedding.astype(self.dtype, copy=False)),
-                              ("frame", cols.frame), ("label", cols.label), ("box", cols.box)):
-                ds = g[name]
-                _grow(ds, end)
-                ds[n0:end] = arr
-            if "aus" in g:
-                n_cls = g["aus"].shape[1]
-                aus = cols.aus if cols.aus is not None else np.zeros((k, n_cls), np.uint8)
-                mask = cols.au_mask if cols.au_mask is not None else np.zeros((k, n_cls), np.uint8)
-                for name, arr in (("aus", aus), ("au_mask", mask)):
-                    _grow(g[name], end)
-                    g[name][n0:end] = arr
-            for name in STRING_COLUMNS:
-                _write_strings(g[name], n0, cols.strings[name])
+        if k and cols.embedding.shape[1] != self.dim:
+            raise ClefError(f"rows have dimension {cols.embedding.shape[1]}, the store {self.dim}")
         skipped = [str(s) for s in skipped_ids]
-        if skipped:
-            _write_strings(f["skipped/id"], s0, skipped)
-        f.flush()                                     # 1. the chunk's rows are on disk ...
-        self._fsync()
-        self._write_state(n0 + k, s0 + len(skipped), self._state[2])  # 2. ... before counted
+        with self._writing():
+            if k:
+                end = n0 + k
+                columns = [("embedding", cols.embedding.astype(self.dtype, copy=False)),
+                           ("frame", cols.frame), ("label", cols.label), ("box", cols.box)]
+                if "aus" in self._h5["images"]:
+                    n_cls = self._ds("images/aus").shape[1]
+                    for name, arr in (("aus", cols.aus), ("au_mask", cols.au_mask)):
+                        columns.append((name, arr if arr is not None else np.zeros((k, n_cls), np.uint8)))
+                for name, arr in columns:
+                    ds = self._ds(f"images/{name}")
+                    _grow(ds, end)
+                    ds[n0:end] = arr
+                for name in STRING_COLUMNS:
+                    self._write_strings(f"images/{name}", n0, cols.strings[name])
+            if skipped:
+                self._write_strings("skipped/id", s0, skipped)
+            self._h5.flush()                          # 1. the chunk's rows are on disk ...
+            self._fsync()
+            self._write_state(n0 + k, s0 + len(skipped), self._state[2])  # 2. ... before counted
         self._ids_cache = None
         return self.count
 
+    def _write_strings(self, prefix: str, row0: int, values: Sequence[str]) -> None:
+        utf8, ends = self._ds(f"{prefix}/utf8"), self._ds(f"{prefix}/end")
+        enc = [v.encode("utf-8") for v in values]
+        lens = np.fromiter((len(e) for e in enc), dtype=np.int64, count=len(enc))
+        base = int(ends[row0 - 1]) if row0 > 0 else 0
+        blob = b"".join(enc)
+        if blob:
+            _grow(utf8, base + len(blob))
+            utf8[base:base + len(blob)] = np.frombuffer(blob, dtype=np.uint8)
+        _grow(ends, row0 + len(enc))
+        ends[row0:row0 + len(enc)] = base + np.cumsum(lens)
+
     def _write_state(self, rows: int, skipped: int, complete: int) -> None:
-        self._h5["state"][0:3] = np.array([rows, skipped, complete], dtype=np.int64)
+        """Write, flush and fsync ``/state``; only then does this object count the new state."""
+        self._ds("state")[0:3] = np.array([rows, skipped, complete], dtype=np.int64)
         self._h5.flush()
         self._fsync()
         self._state = (rows, skipped, complete)
 
     def _fsync(self) -> None:
-        """Push the flushed bytes to the disk (commit durability; HDF5's flush stops at the OS)."""
+        """Push the flushed bytes to the disk (commit durability; HDF5's flush stops at the OS).
+        A failing fsync (EIO, ENOSPC on delayed allocation) raises; only a file system that
+        cannot sync this descriptor at all is tolerated."""
         if os.environ.get("CLEF_STORE_NO_FSYNC"):
             return
         try:
-            os.fsync(self._h5.id.get_vfd_handle())
-        except (OSError, TypeError, ValueError, AttributeError):  # pragma: no cover - other VFDs
-            pass
+            fd = self._h5.id.get_vfd_handle()
+        except (TypeError, ValueError, AttributeError):  # pragma: no cover - VFDs without an fd
+            return
+        if not isinstance(fd, int):  # pragma: no cover
+            return
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
 
     def mark_complete(self, complete: bool = True) -> None:
-        """Record that every input of the embedding job has been consumed."""
-        self._need_writer()
-        self._write_state(self._state[0], self._state[1], int(bool(complete)))
+        """Record (written, flushed and fsynced) that every input of the embedding job has been
+        consumed."""
+        with self._writing():
+            self._write_state(self._state[0], self._state[1], int(bool(complete)))
+
+    def _abandon(self) -> None:
+        """After a failed write: fence and close the file, release the writer lock. (The open
+        datasets are dropped only after the fence: dropping them closes them, which writes.)"""
+        h5, self._h5 = self._h5, None
+        try:
+            if h5 is not None:
+                _fence(h5)
+        finally:
+            self._handles.clear()
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
     # -- text-embedding cache -------------------------------------------------------------------
 
@@ -793,23 +946,40 @@ class EmbeddingStore:
         except OSError:
             return False
         h5py = _h5py()
+        # Not an SWMR write: a write failing half-way (a full disk) could damage the file, so
+        # the cache is only written with room to spare, and a failed write is fenced.
+        try:
+            room = shutil.disk_usage(self.path.parent).free >= emb.nbytes + TEXT_CACHE_ROOM
+        except OSError:
+            room = False
+        if not room:
+            lock.release()
+            log.debug("text embeddings not cached in %s: too little free disk space", self.path)
+            return False
         self._h5.close()
         try:
             try:
-                with h5py.File(self.path, "a", libver="latest") as f:
-                    top = f.require_group("text")
-                    if key in top:
-                        del top[key]
-                    g = top.create_group(key)
-                    g.create_dataset("embedding", data=emb.astype(np.float32))
-                    g.create_dataset("texts", data=np.array(texts, dtype=object),
-                                     dtype=h5py.string_dtype())
-                    g.attrs.update({"prompt_hash": prompt_hash, "text_fingerprint": text_fingerprint,
-                                    "created": _now(), "count": len(texts)})
-                return True
+                f = h5py.File(self.path, "a", libver="latest")
             except OSError as exc:  # read-only file system, readers holding the file, ...
                 log.debug("text embeddings not cached in %s: %s", self.path, exc)
                 return False
+            try:
+                top = f.require_group("text")
+                if key in top:
+                    del top[key]
+                g = top.create_group(key)
+                g.create_dataset("embedding", data=emb.astype(np.float32))
+                g.create_dataset("texts", data=np.array(texts, dtype=object),
+                                 dtype=h5py.string_dtype())
+                g.attrs.update({"prompt_hash": prompt_hash, "text_fingerprint": text_fingerprint,
+                                "created": _now(), "count": len(texts)})
+                f.flush()
+                f.close()
+            except (OSError, RuntimeError) as exc:
+                _fence(f)
+                log.warning("text embeddings not cached in %s: %s", self.path, _first_line(exc))
+                return False
+            return True
         finally:
             lock.release()
             self._h5 = _open_reader(self.path)
@@ -822,14 +992,25 @@ class EmbeddingStore:
     # -- closing --------------------------------------------------------------------------------
 
     def close(self) -> None:
-        if self._h5 is not None:
-            try:
-                self._h5.close()
-            finally:
-                self._h5 = None
-                if self._lock is not None:
-                    self._lock.release()
-                    self._lock = None
+        """Close the file (a writer also releases its lock). A writer whose last close-time
+        write fails is fenced (:func:`_fence`) instead: every commit was flushed already, so
+        only the "open for writing" flags stay set, which the next open clears."""
+        if self._h5 is None:
+            return
+        h5 = self._h5
+        if self.mode != "a":
+            self._h5 = None
+            h5.close()
+            return
+        try:
+            h5.close()                  # every commit was flushed: nothing is left to write
+            self._h5 = None
+        except (OSError, RuntimeError) as exc:
+            self._broken = exc
+            log.warning("closing the store %s failed (%s); its committed rows are kept and the "
+                        "next open repairs the file", self.path, _first_line(exc))
+        finally:
+            self._abandon()
 
     @property
     def closed(self) -> bool:
@@ -842,10 +1023,10 @@ class EmbeddingStore:
         self.close()
 
     def __del__(self):  # pragma: no cover - best effort
-        try:
+        # close() never retries a failed write (that is what made HDF5 crash): a broken writer
+        # is fenced and closed already, a healthy one closes normally.
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         return (f"EmbeddingStore({str(self.path)!r}, rows={self.count}, dim={self.dim}, "
@@ -906,53 +1087,56 @@ def _check_schema(h5, path) -> None:
 
 
 def _write_skeleton(path: Path, fingerprint: str, dim: int, image_set: str, dtype: str, task: str,
-                    classes: list[str], extra_attrs: dict) -> None:
-    h5py = _h5py()
+                    classes: list[str], extra_attrs: dict, shown_as=None) -> None:
+    """Write an empty store to ``path`` (a temporary file; ``shown_as`` names the store in
+    errors). A failed write (a full disk) is fenced and raised as :class:`ClefError`."""
+    try:
+        f = _h5py().File(path, "w", libver="latest")
+    except OSError as exc:
+        raise _write_error(exc, shown_as or path, 0) from exc
+    try:
+        _fill_skeleton(f, fingerprint, dim, image_set, dtype, task, classes, extra_attrs)
+        f.flush()
+        f.close()
+    except (OSError, RuntimeError) as exc:
+        _fence(f)
+        raise _write_error(exc, shown_as or path, 0) from exc
+
+
+def _fill_skeleton(f, fingerprint: str, dim: int, image_set: str, dtype: str, task: str,
+                   classes: list[str], extra_attrs: dict) -> None:
     itemsize = np.dtype(dtype).itemsize
-    with h5py.File(path, "w", libver="latest") as f:
-        f.attrs.update({
-            "clefctl_store": SCHEMA_VERSION, "model_fingerprint": fingerprint, "dim": dim,
-            "image_set": image_set, "created": _now(), "dtype": dtype, "task": task,
-            "classes": json.dumps(classes), "store_uid": uuid.uuid4().hex,
-        })
-        for k, v in extra_attrs.items():
-            f.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v, default=str)
-        st = f.create_dataset("state", shape=(3,), dtype=np.int64, chunks=(3,))
-        st[:] = 0
-        g = f.create_group("images")
-        g.create_dataset("embedding", shape=(0, dim), maxshape=(None, dim), dtype=dtype,
-                         chunks=(_chunk_rows(dim, itemsize), dim))
-        g.create_dataset("frame", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(META_CHUNK_ROWS,))
-        g.create_dataset("label", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(META_CHUNK_ROWS,))
-        g.create_dataset("box", shape=(0, 4), maxshape=(None, 4), dtype=np.int32,
-                         chunks=(META_CHUNK_ROWS, 4))
-        if task == "au" and classes:
-            c = len(classes)
-            for name in ("aus", "au_mask"):
-                g.create_dataset(name, shape=(0, c), maxshape=(None, c), dtype=np.uint8,
-                                 chunks=(META_CHUNK_ROWS, c))
-        for name in STRING_COLUMNS:
-            _create_strings(g, name)
-        _create_strings(f.create_group("skipped"), "id")
-        f.create_group("text")
+    f.attrs.update({
+        "clefctl_store": SCHEMA_VERSION, "model_fingerprint": fingerprint, "dim": dim,
+        "image_set": image_set, "created": _now(), "dtype": dtype, "task": task,
+        "classes": json.dumps(classes), "store_uid": uuid.uuid4().hex,
+    })
+    for k, v in extra_attrs.items():
+        f.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v, default=str)
+    st = f.create_dataset("state", shape=(3,), dtype=np.int64, chunks=(3,))
+    st[:] = 0
+    g = f.create_group("images")
+    g.create_dataset("embedding", shape=(0, dim), maxshape=(None, dim), dtype=dtype,
+                     chunks=(_chunk_rows(dim, itemsize), dim))
+    g.create_dataset("frame", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(META_CHUNK_ROWS,))
+    g.create_dataset("label", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(META_CHUNK_ROWS,))
+    g.create_dataset("box", shape=(0, 4), maxshape=(None, 4), dtype=np.int32,
+                     chunks=(META_CHUNK_ROWS, 4))
+    if task == "au" and classes:
+        c = len(classes)
+        for name in ("aus", "au_mask"):
+            g.create_dataset(name, shape=(0, c), maxshape=(None, c), dtype=np.uint8,
+                             chunks=(META_CHUNK_ROWS, c))
+    for name in STRING_COLUMNS:
+        _create_strings(g, name)
+    _create_strings(f.create_group("skipped"), "id")
+    f.create_group("text")
 
 
 def _create_strings(parent, name: str) -> None:
     g = parent.create_group(name)
     g.create_dataset("utf8", shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(BLOB_CHUNK,))
     g.create_dataset("end", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(META_CHUNK_ROWS,))
-
-
-def _write_strings(group, row0: int, values: Sequence[str]) -> None:
-    enc = [v.encode("utf-8") for v in values]
-    lens = np.fromiter((len(e) for e in enc), dtype=np.int64, count=len(enc))
-    base = int(group["end"][row0 - 1]) if row0 > 0 else 0
-    blob = b"".join(enc)
-    if blob:
-        _grow(group["utf8"], base + len(blob))
-        group["utf8"][base:base + len(blob)] = np.frombuffer(blob, dtype=np.uint8)
-    _grow(group["end"], row0 + len(enc))
-    group["end"][row0:row0 + len(enc)] = base + np.cumsum(lens)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1126,10 +1310,15 @@ def embed_into_store(model, samples, store_path: str | os.PathLike, batch_size: 
     ``store_path``, resuming after the last committed chunk when the store exists.
 
     Images go through the model's eval transform and :func:`fast_image_encoder` in batches of
-    ``batch_size``; every ``chunk_size`` inputs are committed as one chunk. Unreadable images
+    at most ``batch_size``, cut at multiples of ``chunk_size``: a chunk is committed each time
+    the inputs consumed reach a multiple of ``chunk_size`` (and at the end). Unreadable images
     are skipped, counted and recorded (a rerun does not retry them). A rerun with another model
     or another image list is refused (``overwrite=True`` starts again). Under torchrun each rank
     embeds a contiguous shard into a part file and rank 0 merges them in order.
+
+    A failed write (a full disk, an I/O error) raises :class:`ClefError` naming the store; the
+    rows committed before stay intact, nothing later is counted, and running the same call again
+    (after freeing space) resumes after the last committed chunk. Image paths are stored absolute.
     """
     from clefctl import distributed
 
@@ -1239,12 +1428,6 @@ def _embed_single(model, samples: list, store_path: Path, *, batch_size: int, ch
                   progress: bool, image_set: str, task: str, classes: list[str], dtype: str,
                   inference: str, num_workers: int | None, overwrite: bool, transform,
                   part: str | None = None) -> EmbedReport:
-    import torch
-    from torch.utils.data import DataLoader
-
-    from clefctl.data.records import SampleDataset, collate
-    from clefctl.data.transforms import transforms_for
-
     t0 = time.perf_counter()
     extra = {"part": part} if part else {}
     if store_path.exists() and not overwrite:
@@ -1263,45 +1446,13 @@ def _embed_single(model, samples: list, store_path: Path, *, batch_size: int, ch
     resumed_from = store.consumed
     skipped_before = store.skipped_count
     n = len(samples)
-    encoder = None
-    embedded_now = 0
     try:
+        embedded_now, infer = 0, "n/a"
         if resumed_from < n:
-            encoder = fast_image_encoder(model, inference)
-            tf = transform if transform is not None else transforms_for(model, train=False)
-            n_cls = len(classes) if task == "au" else 0
-            ds = SampleDataset(samples, tf, n_cls, task if task else "au")
-            workers = _default_workers() if num_workers is None else int(num_workers)
-            order = list(range(resumed_from, n))
-            loader = DataLoader(ds, batch_size=batch_size, sampler=order, num_workers=workers,
-                                collate_fn=collate, pin_memory=torch.device(encoder.device).type == "cuda")
-            emb_buf: list[np.ndarray] = []
-            sample_buf: list = []
-            skip_buf: list[str] = []
-            in_buf = 0
-            pos = resumed_from
-            with _progress(progress, n, resumed_from, store_path.name) as advance:
-                for batch in loader:
-                    served = batch["index"].tolist()
-                    requested = order[pos - resumed_from: pos - resumed_from + len(served)]
-                    keep = [j for j, (s, r) in enumerate(zip(served, requested)) if s == r]
-                    for s, r in zip(served, requested):
-                        if s != r:
-                            skip_buf.append(samples[r].id)
-                    if keep:
-                        pixels = batch["image"][keep] if len(keep) < len(served) else batch["image"]
-                        emb_buf.append(encoder(pixels).numpy())
-                        sample_buf.extend(samples[requested[j]] for j in keep)
-                    pos += len(served)
-                    in_buf += len(served)
-                    advance(len(served))
-                    if in_buf >= chunk_size:
-                        _commit(store, emb_buf, sample_buf, skip_buf)
-                        embedded_now += len(sample_buf)
-                        emb_buf, sample_buf, skip_buf, in_buf = [], [], [], 0
-                if in_buf:
-                    _commit(store, emb_buf, sample_buf, skip_buf)
-                    embedded_now += len(sample_buf)
+            embedded_now, infer = _embed_rows(store, model, samples, batch_size=batch_size,
+                                              chunk_size=chunk_size, progress=progress, task=task,
+                                              classes=classes, inference=inference,
+                                              num_workers=num_workers, transform=transform)
         if store.consumed != n:
             raise ClefError(f"embedding ended after {store.consumed} of {n} images")
         skipped_now = store.skipped_count - skipped_before
@@ -1309,14 +1460,68 @@ def _embed_single(model, samples: list, store_path: Path, *, batch_size: int, ch
         seconds = time.perf_counter() - t0
         report = EmbedReport(str(store_path), store.count, store.skipped_count, embedded_now,
                              resumed_from, store.complete, seconds,
-                             embedded_now / seconds if seconds > 0 else 0.0, store.skipped_ids,
-                             str(encoder.dtype).replace("torch.", "") if encoder else "n/a")
+                             embedded_now / seconds if seconds > 0 else 0.0, store.skipped_ids, infer)
     finally:
         store.close()
     if skipped_now:
         log.warning("%d unreadable images skipped (e.g. %s); their ids are kept in the store",
                     skipped_now, report.skipped_ids[skipped_before])
     return report
+
+
+def _chunk_batches(start: int, stop: int, batch_size: int, chunk_size: int) -> list[range]:
+    """The input batches of ``[start, stop)``: at most ``batch_size`` long, and cut at every
+    multiple of ``chunk_size``, so that each commit takes whole batches and ends exactly on a
+    multiple of ``chunk_size`` (or at ``stop``), also when resuming from any position."""
+    out = []
+    pos = start
+    while pos < stop:
+        end = min(stop, pos + batch_size, (pos // chunk_size + 1) * chunk_size)
+        out.append(range(pos, end))
+        pos = end
+    return out
+
+
+def _embed_rows(store: EmbeddingStore, model, samples: list, *, batch_size: int, chunk_size: int,
+                progress: bool, task: str, classes: list[str], inference: str,
+                num_workers: int | None, transform) -> tuple[int, str]:
+    """Embed ``samples[store.consumed:]`` into ``store``, committing one chunk at every multiple
+    of ``chunk_size`` inputs. Returns (rows embedded, inference dtype)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from clefctl.data.records import SampleDataset, collate
+    from clefctl.data.transforms import transforms_for
+
+    n, start = len(samples), store.consumed
+    encoder = fast_image_encoder(model, inference)
+    tf = transform if transform is not None else transforms_for(model, train=False)
+    n_cls = len(classes) if task == "au" else 0
+    ds = SampleDataset(samples, tf, n_cls, task if task else "au")
+    workers = _default_workers() if num_workers is None else int(num_workers)
+    batches = _chunk_batches(start, n, batch_size, chunk_size)
+    loader = DataLoader(ds, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+                        pin_memory=torch.device(encoder.device).type == "cuda")
+    emb_buf: list[np.ndarray] = []
+    sample_buf: list = []
+    skip_buf: list[str] = []
+    embedded = 0
+    with _progress(progress, n, start, store.path.name) as advance:
+        for batch, requested in zip(loader, batches):
+            served = batch["index"].tolist()
+            # an unreadable image is replaced by the next readable one: served != requested
+            keep = [j for j, (s, r) in enumerate(zip(served, requested)) if s == r]
+            skip_buf.extend(samples[r].id for s, r in zip(served, requested) if s != r)
+            if keep:
+                pixels = batch["image"][keep] if len(keep) < len(served) else batch["image"]
+                emb_buf.append(encoder(pixels).numpy())
+                sample_buf.extend(samples[requested[j]] for j in keep)
+            advance(len(requested))
+            if requested.stop % chunk_size == 0 or requested.stop == n:
+                _commit(store, emb_buf, sample_buf, skip_buf)
+                embedded += len(sample_buf)
+                emb_buf, sample_buf, skip_buf = [], [], []
+    return embedded, str(encoder.dtype).replace("torch.", "")
 
 
 def _commit(store: EmbeddingStore, emb_buf, sample_buf, skip_buf) -> None:
@@ -1375,7 +1580,8 @@ def merge_parts(part_paths: Sequence[str | os.PathLike], out_path: str | os.Path
     own_lock = lock.try_acquire()
     try:
         with atomic_path(out_path) as tmp:
-            _write_skeleton(tmp, fingerprint, dim, image_set, dtype, task, list(classes), {})
+            _write_skeleton(tmp, fingerprint, dim, image_set, dtype, task, list(classes), {},
+                            shown_as=out_path)
             out = EmbeddingStore._open_writer(tmp, WriterLock(tmp).acquire())
             try:
                 for p in sources:
