@@ -3,7 +3,10 @@
 AdamW with a linear warm-up and cosine decay to ``min_lr``; optional gradient clipping; bf16
 autocast (``amp``); ``torchrun`` data parallelism with gradients averaged over ranks; seeded,
 exactly resumable runs; a rich progress bar; ``metrics.jsonl``; atomic checkpoints every epoch
-and on SIGINT/SIGTERM; a NaN/inf loss stops the run and keeps the last good checkpoint.
+and on SIGINT/SIGTERM (which then raise :class:`clefctl.errors.Interrupted` naming the checkpoint
+and the resume command); a NaN/inf loss stops the run and keeps the last good checkpoint. On resume,
+``metrics.jsonl`` is cut back to the checkpoint's step, so it ends equal to an uninterrupted run's.
+Unreadable training images are skipped and counted, also when DataLoader workers load them.
 
 A stage supplies a :class:`Task`: which modules train, and ``loss(batch, step_rng)`` returning
 the loss and the numbers to log. Everything random in a step is a pure function of
@@ -21,9 +24,10 @@ from __future__ import annotations
 import math
 import os
 import random
+import shlex
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -32,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from clefctl import distributed as dist
-from clefctl.errors import ClefError
+from clefctl.errors import ClefError, Interrupted
 from clefctl.model import ClefModel
 from clefctl.paths import atomic_path
 from clefctl.workspace import Run
@@ -56,6 +60,45 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def validate(self) -> "TrainConfig":
+        """Raise ClefError naming the option (as the CLI spells it) for a value no run can use;
+        None (the stage chooses) passes. Returns self."""
+        checks = [  # (field, value may be None, integer, rule, test)
+            ("epochs", True, False, "> 0", lambda v: v > 0),
+            ("batch_size", True, True, ">= 1", lambda v: v >= 1),
+            ("lr", True, False, "> 0", lambda v: v > 0),
+            ("weight_decay", False, False, ">= 0", lambda v: v >= 0),
+            ("warmup_epochs", True, False, ">= 0", lambda v: v >= 0),
+            ("min_lr", False, False, ">= 0", lambda v: v >= 0),
+            ("grad_clip", True, False, "> 0", lambda v: v > 0),
+            ("seed", False, True, "an integer", lambda v: True),
+            ("num_workers", True, True, ">= 0", lambda v: v >= 0),
+            ("max_steps", True, True, ">= 1", lambda v: v >= 1),
+            ("log_every", False, True, ">= 1", lambda v: v >= 1),
+        ]
+        for name, nullable, integer, rule, ok in checks:
+            v = getattr(self, name)
+            if v is None and nullable:
+                continue
+            number = isinstance(v, int) if integer else isinstance(v, (int, float))
+            if isinstance(v, bool) or not number or not math.isfinite(v) or not ok(v):
+                flag = "--" + {"num_workers": "workers"}.get(name, name).replace("_", "-")
+                kind = "an integer" if integer else "a finite number"
+                raise ClefError(f"{flag} must be {kind} {rule}, got {v!r}" if rule != kind else
+                                f"{flag} must be {kind}, got {v!r}")
+        if self.amp not in ("auto", "bf16", "off"):
+            raise ClefError(f"unknown --amp {self.amp!r}", hint="use auto, bf16 or off")
+        return self
+
+
+def check_batches(n: int, batch_size: int, world: int = 1) -> int:
+    """Steps per epoch for ``n`` training images; ClefError when there is not one whole batch."""
+    steps = n // (batch_size * world)
+    if steps == 0:
+        raise ClefError(f"the training set has {n} images, fewer than one batch of {batch_size * world}",
+                        hint="use a smaller --batch-size")
+    return steps
 
 
 class Task(Protocol):
@@ -91,7 +134,10 @@ class SeededDataset(Dataset):
     def __getitem__(self, index):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((self.seed * 1_000_003 + self.epoch * 7919 + int(index)) % (2 ** 63))
-            return self.base[index]
+            item = self.base[index]
+        if isinstance(item, dict) and "index" in item:  # served another sample: the requested one is unreadable
+            item = dict(item, requested=int(index) % len(self.base))
+        return item
 
 
 class EpochSampler(Sampler):
@@ -212,23 +258,42 @@ def cache_images(samples: list, image_size: int, budget_mb: float = 1024.0) -> l
     return out
 
 
-def options_to_config(opts) -> dict:
-    """A stage's options dataclass as the plain dict a run's config.yaml stores (``resume`` left out:
-    it says how a run was started, not what it is)."""
-    from dataclasses import asdict
+# How this invocation runs, never what the run is: always this invocation's, never stored in or
+# restored from config.yaml. Trust in particular comes from the current command line only.
+INVOCATION_OPTIONS = ("resume", "overrides", "workspace", "trust_checkpoint")
+INVOCATION_TRAIN_OPTIONS = ("progress",)
 
+
+def options_to_config(opts) -> dict:
+    """A stage's options dataclass as the plain dict a run's config.yaml stores (INVOCATION_OPTIONS
+    but ``workspace`` left out: they say how a run was started, not what it is)."""
     d = asdict(opts)
-    d.pop("resume", None)
+    for k in INVOCATION_OPTIONS:
+        if k != "workspace":
+            d.pop(k, None)
     return d
 
 
 def options_from_run(run: Run, given):
-    """Rebuild the options ``run`` was started with, for ``--resume``: the stored options and train
-    config, with only this invocation's ``progress``, ``max_steps`` and ``resume`` taken from ``given``."""
-    cfg = run.config().get("options", {})
-    train = TrainConfig(**{**cfg.pop("train", {}), "progress": given.train.progress,
-                           "max_steps": given.train.max_steps})
-    return type(given)(**{**cfg, "train": train, "resume": given.resume})
+    """The options to resume ``run`` with: every option it was started with (its config.yaml), except
+    the ones named in ``given.overrides`` (field names of the stage's options or of TrainConfig, e.g.
+    ``{"max_steps", "device"}``: given again for this invocation), which come from ``given``, as do
+    INVOCATION_OPTIONS and ``progress`` always."""
+    stored = dict(run.config().get("options") or {})
+    stored_train = dict(stored.pop("train", None) or {})
+    opt_names = [f.name for f in fields(given) if f.name != "train"]
+    train_names = [f.name for f in fields(TrainConfig)]
+    overrides = set(getattr(given, "overrides", None) or ())
+    unknown = sorted(overrides - set(opt_names) - set(train_names))
+    if unknown:
+        raise ClefError(f"unknown option name(s) in overrides: {', '.join(unknown)}",
+                        hint=f"use field names of {type(given).__name__} or TrainConfig")
+    current = overrides | set(INVOCATION_OPTIONS)
+    opts = {n: stored[n] if n in stored and n not in current else getattr(given, n) for n in opt_names}
+    current_train = overrides | set(INVOCATION_TRAIN_OPTIONS)
+    train = {n: stored_train[n] if n in stored_train and n not in current_train else getattr(given.train, n)
+             for n in train_names}
+    return replace(given, **opts, train=TrainConfig(**train))
 
 
 def _rng_state() -> dict:
@@ -252,6 +317,19 @@ def _default_workers(device: torch.device) -> int:
 
 
 @dataclass
+class _LoopState:
+    """Where the loop is: what a checkpoint stores, and the unreadable sample indices met so far."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    epoch_losses: list = field(default_factory=list)
+    bad: set = field(default_factory=set)
+    tracked: bool = False  # the items said which sample they served (SampleDataset's ``index``)
+    last_loss: float = float("nan")
+
+
+@dataclass
 class FitResult:
     epochs_done: int
     global_step: int
@@ -262,10 +340,16 @@ class FitResult:
 
 
 class Trainer:
-    """Runs ``task`` over ``dataset`` with the settings of ``cfg``, writing into ``run``."""
+    """Runs ``task`` over ``dataset`` with the settings of ``cfg``, writing into ``run``.
 
-    def __init__(self, model: ClefModel, task: Task, cfg: TrainConfig, run: Run, meta: dict):
+    ``resume_flags``: what the resume command printed on SIGINT/SIGTERM needs besides ``--resume RUN
+    --workspace DIR`` (e.g. ``--trust-checkpoint``, which is never taken from the run's config)."""
+
+    def __init__(self, model: ClefModel, task: Task, cfg: TrainConfig, run: Run, meta: dict,
+                 resume_flags: str = ""):
+        cfg.validate()
         self.model, self.task, self.cfg, self.run, self.meta = model, task, cfg, run, dict(meta)
+        self.resume_flags = resume_flags
         self.device = model.device
         self.params = [p for m in task.modules().values() for p in m.parameters() if p.requires_grad]
         decay = [p for p in self.params if p.ndim >= 2]
@@ -281,7 +365,7 @@ class Trainer:
     def last_path(self) -> Path:
         return self.run.checkpoints / "last.pt"
 
-    def save_state(self, epoch: int, step_in_epoch: int, global_step: int, scheduler) -> None:
+    def save_state(self, st: _LoopState, scheduler) -> None:
         if not dist.is_main():
             return
         import json
@@ -294,12 +378,14 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": _rng_state(),
-            "progress": {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step},
+            "progress": {"epoch": st.epoch, "step_in_epoch": st.step_in_epoch, "global_step": st.global_step},
+            "epoch_losses": [float(x) for x in st.epoch_losses],  # the epoch record's mean stays exact
+            "skipped": sorted(int(i) for i in st.bad),
         }
         with atomic_path(self.last_path) as tmp:
             torch.save(payload, tmp)
 
-    def load_state(self, path: Path, scheduler) -> dict:
+    def load_state(self, path: Path, scheduler) -> _LoopState:
         try:
             ck = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -311,118 +397,163 @@ class Trainer:
         self.optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         _set_rng_state(ck["rng"])
-        return ck["progress"]
+        prog = ck["progress"]
+        return _LoopState(prog["epoch"], prog["step_in_epoch"], prog["global_step"],
+                          list(ck.get("epoch_losses", [])), set(ck.get("skipped", [])))
 
     # -- the loop ------------------------------------------------------------------------------
     def _on_signal(self, signum, frame):
         self._stop_signal = signum
 
     def fit(self, dataset: Dataset, resume_from: Path | None = None) -> FitResult:
+        """Train to the configured epochs / max steps, from ``resume_from`` (a ``last.pt``) when given."""
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % (2 ** 32))
-        seeded = SeededDataset(dataset, cfg.seed)
-        world, rank = dist.world_size(), dist.rank()
-        steps_per_epoch = len(dataset) // (cfg.batch_size * world)
-        if steps_per_epoch == 0:
-            raise ClefError(f"the training set has {len(dataset)} images, fewer than one batch of "
-                            f"{cfg.batch_size * world}", hint="use a smaller --batch-size")
+        steps_per_epoch = check_batches(len(dataset), cfg.batch_size, dist.world_size())
         epochs = 5.0 if cfg.epochs is None else float(cfg.epochs)
         total_epochs = max(1, math.ceil(epochs))
         total_steps = max(1, int(round(epochs * steps_per_epoch)))
         if cfg.max_steps is not None:
-            total_steps = min(total_steps, cfg.max_steps) if cfg.max_steps > 0 else total_steps
+            total_steps = min(total_steps, cfg.max_steps)
         warmup = int(round((1.0 if cfg.warmup_epochs is None else cfg.warmup_epochs) * steps_per_epoch))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(int(round(epochs * steps_per_epoch)), warmup, cfg.lr, cfg.min_lr))
-        epoch, skip, global_step = 0, 0, 0
+        st = _LoopState()
         if resume_from is not None:
-            prog = self.load_state(resume_from, scheduler)
-            epoch, skip, global_step = prog["epoch"], prog["step_in_epoch"], prog["global_step"]
-            if skip >= steps_per_epoch:
-                epoch, skip = epoch + 1, 0
-        workers = _default_workers(self.device) if cfg.num_workers is None else cfg.num_workers
-        from clefctl.data.records import collate
-
+            st = self.load_state(resume_from, scheduler)
+            if st.step_in_epoch >= steps_per_epoch:
+                st.epoch, st.step_in_epoch, st.epoch_losses = st.epoch + 1, 0, []
+        if dist.is_main():  # what was logged after the checkpoint is logged again below
+            self.run.truncate_log(st.global_step)
+        seeded = SeededDataset(dataset, cfg.seed)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         history: list[dict] = []
-        last_loss, t_start, seen = float("nan"), time.time(), 0
+        t_start = time.time()
         progress = _progress(cfg.progress and dist.is_main())
         try:
             with progress:
                 bar = progress.add_task(self.meta.get("stage", "train"), total=total_steps,
-                                        completed=global_step, loss=float("nan"), lr=0.0, speed=0.0)
-                while epoch < total_epochs and global_step < total_steps:
-                    seeded.epoch = epoch
-                    sampler = EpochSampler(len(dataset), cfg.batch_size, cfg.seed, epoch, skip, rank, world)
-                    loader = DataLoader(seeded, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                                        num_workers=workers, collate_fn=collate,
-                                        pin_memory=self.device.type == "cuda")
-                    step_in_epoch, epoch_losses, t_epoch = skip, [], time.time()
-                    for m in self.task.modules().values():
-                        m.train()
-                    for batch in loader:
-                        t0 = time.time()
-                        batch = {k: (tuple(x.to(self.device, non_blocking=True) for x in v) if isinstance(v, tuple)
-                                     else v.to(self.device, non_blocking=True)) for k, v in batch.items()}
-                        step_rng = random.Random(cfg.seed * 1_000_003 + global_step)
-                        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
-                                            enabled=self.amp_dtype is not None):
-                            loss, logs = self.task.loss(batch, step_rng)
-                        loss_value = float(dist.reduce_mean(loss.detach().float()))
-                        if not math.isfinite(loss_value):
-                            where = (f"the last good checkpoint is {self.last_path}" if self.last_path.exists()
-                                     else "no checkpoint was written yet")
-                            raise ClefError(f"loss became {loss_value} at epoch {epoch + 1}, step {global_step + 1}; "
-                                            f"training stopped and {where}",
-                                            hint="lower --lr, set --grad-clip 1.0 or --amp off, then --resume")
-                        self.optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        _average_gradients(self.params)
-                        if cfg.grad_clip:
-                            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-                        self.optimizer.step()
-                        scheduler.step()
-                        with torch.no_grad():  # CLIP's clamp: the logit scale stays <= 100
-                            self.model.clip.logit_scale.clamp_(0, math.log(100))
-                        global_step += 1
-                        step_in_epoch += 1
-                        n_batch = cfg.batch_size * world
-                        seen += n_batch
-                        speed = n_batch / max(1e-9, time.time() - t0)
-                        last_loss = loss_value
-                        epoch_losses.append(loss_value)
-                        lr_now = self.optimizer.param_groups[0]["lr"]
-                        progress.update(bar, advance=1, loss=loss_value, lr=lr_now, speed=speed)
-                        if dist.is_main() and (global_step % cfg.log_every == 0 or global_step == 1):
-                            self.run.log({"kind": "step", "epoch": epoch, "step": global_step, "loss": loss_value,
-                                          "lr": lr_now, "samples_per_s": speed,
-                                          **{k: float(v) for k, v in logs.items()}})
-                        if self._stop_signal is not None:
-                            self.save_state(epoch, step_in_epoch, global_step, scheduler)
-                            name = signal.Signals(self._stop_signal).name
-                            progress.stop()
-                            raise KeyboardInterrupt(f"{name}: checkpoint saved at {self.last_path}; "
-                                                    f"continue with --resume")
-                        if global_step >= total_steps:
-                            break
-                    skip = 0
-                    done_epoch = step_in_epoch >= steps_per_epoch
-                    record = {"kind": "epoch", "epoch": epoch, "step": global_step,
-                              "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
-                              "seconds": time.time() - t_epoch}
-                    history.append(record)
-                    if dist.is_main():
-                        self.run.log(record)
-                    if done_epoch:
-                        epoch += 1
-                    self.save_state(epoch, 0 if done_epoch else step_in_epoch, global_step, scheduler)
+                                        completed=st.global_step, loss=float("nan"), lr=0.0, speed=0.0)
+                while st.epoch < total_epochs and st.global_step < total_steps:
+                    history.append(self._epoch(seeded, st, steps_per_epoch, total_steps, scheduler,
+                                               lambda **kw: progress.update(bar, advance=1, **kw)))
         finally:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
-        return FitResult(epoch, global_step, last_loss, time.time() - t_start,
-                         int(getattr(dataset, "skipped", 0)), history)
+        return FitResult(st.epoch, st.global_step, st.last_loss, time.time() - t_start,
+                         self._skipped_count(st, dataset), history)
+
+    def _epoch(self, seeded: SeededDataset, st: _LoopState, steps_per_epoch: int, total_steps: int,
+               scheduler, advance: Callable) -> dict:
+        """The rest of epoch ``st.epoch`` (up to ``total_steps``); logs the epoch, saves a checkpoint."""
+        from clefctl.data.records import collate
+
+        cfg, world = self.cfg, dist.world_size()
+        workers = _default_workers(self.device) if cfg.num_workers is None else cfg.num_workers
+        seeded.epoch = st.epoch
+        sampler = EpochSampler(len(seeded), cfg.batch_size, cfg.seed, st.epoch, st.step_in_epoch,
+                               dist.rank(), world)
+        loader = DataLoader(seeded, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                            num_workers=workers, collate_fn=collate, pin_memory=self.device.type == "cuda")
+        t_epoch = time.time()
+        for m in self.task.modules().values():
+            m.train()
+        for batch in loader:
+            self._note_skipped(batch, st, len(seeded))
+            self._step(batch, st, scheduler, advance)
+            if st.global_step >= total_steps:
+                break
+            if self._stop_signal is not None and st.step_in_epoch < steps_per_epoch:
+                self.save_state(st, scheduler)  # mid-epoch; at an epoch's end the epoch is logged first
+                self._interrupted(st)
+        done_epoch = st.step_in_epoch >= steps_per_epoch
+        record = {"kind": "epoch", "epoch": st.epoch, "step": st.global_step,
+                  "loss": float(np.mean(st.epoch_losses)) if st.epoch_losses else float("nan"),
+                  "seconds": time.time() - t_epoch}
+        if dist.is_main():
+            self.run.log(record)
+        if done_epoch:
+            st.epoch, st.step_in_epoch, st.epoch_losses = st.epoch + 1, 0, []
+        self.save_state(st, scheduler)
+        if self._stop_signal is not None and st.global_step < total_steps:
+            self._interrupted(st)
+        return record
+
+    def _step(self, batch: dict, st: _LoopState, scheduler, advance: Callable) -> None:
+        """One optimizer step on ``batch``; a non-finite loss stops the run with ClefError."""
+        cfg, t0 = self.cfg, time.time()
+        batch = {k: (tuple(x.to(self.device, non_blocking=True) for x in v) if isinstance(v, tuple)
+                     else v.to(self.device, non_blocking=True)) for k, v in batch.items()}
+        step_rng = random.Random(cfg.seed * 1_000_003 + st.global_step)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                            enabled=self.amp_dtype is not None):
+            loss, logs = self.task.loss(batch, step_rng)
+        loss_value = float(dist.reduce_mean(loss.detach().float()))
+        if not math.isfinite(loss_value):
+            where = (f"the last good checkpoint is {self.last_path}" if self.last_path.exists()
+                     else "no checkpoint was written yet")
+            raise ClefError(f"loss became {loss_value} at epoch {st.epoch + 1}, step {st.global_step + 1}; "
+                            f"training stopped and {where}",
+                            hint="lower --lr, set --grad-clip 1.0 or --amp off, then --resume")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        _average_gradients(self.params)
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.optimizer.step()
+        scheduler.step()
+        with torch.no_grad():  # CLIP's clamp: the logit scale stays <= 100
+            self.model.clip.logit_scale.clamp_(0, math.log(100))
+        st.global_step += 1
+        st.step_in_epoch += 1
+        speed = cfg.batch_size * dist.world_size() / max(1e-9, time.time() - t0)
+        st.last_loss = loss_value
+        st.epoch_losses.append(loss_value)
+        lr_now = self.optimizer.param_groups[0]["lr"]
+        advance(loss=loss_value, lr=lr_now, speed=speed)
+        if dist.is_main() and (st.global_step % cfg.log_every == 0 or st.global_step == 1):
+            self.run.log({"kind": "step", "epoch": st.epoch, "step": st.global_step, "loss": loss_value,
+                          "lr": lr_now, "samples_per_s": speed, **{k: float(v) for k, v in logs.items()}})
+
+    def _interrupted(self, st: _LoopState) -> None:
+        """After SIGINT/SIGTERM, once the state is saved: raise Interrupted with the way to continue."""
+        name = signal.Signals(self._stop_signal).name
+        root = self.run.path.parent.parent
+        command = (f"clefctl {self.run.stage} --resume {shlex.quote(self.run.name)} "
+                   f"--workspace {shlex.quote(str(root))}" + (f" {self.resume_flags}" if self.resume_flags else ""))
+        raise Interrupted(f"{name}: training stopped at step {st.global_step}; checkpoint saved at "
+                          f"{self.last_path}; continue with: {command}")
+
+    @staticmethod
+    def _note_skipped(batch: dict, st: _LoopState, n: int) -> None:
+        """Record the unreadable samples behind ``batch``: SampleDataset serves the next readable
+        sample in place of an unreadable one, so every index from the requested one up to (not
+        including) the served one is unreadable. Works in the main process whatever loaded the batch
+        (each DataLoader worker keeps its own ``dataset.skipped``)."""
+        requested = batch.pop("requested", None)
+        served = batch.get("index")
+        if requested is None or not torch.is_tensor(served):
+            return
+        st.tracked = True
+        for r, s in zip(requested.tolist(), served.tolist()):
+            if r != s:
+                st.bad.update((r + k) % n for k in range((s - r) % n))
+
+    def _skipped_count(self, st: _LoopState, dataset: Dataset) -> int:
+        """Distinct unreadable images met by every rank (``dataset.skipped`` when items carry no index)."""
+        if not st.tracked:
+            return int(getattr(dataset, "skipped", 0))
+        if not dist.is_distributed():
+            return len(st.bad)
+        import torch.distributed as tdist
+
+        mask = torch.zeros(len(dataset), device=self.device)
+        if st.bad:
+            mask[torch.tensor(sorted(st.bad), device=self.device)] = 1
+        tdist.all_reduce(mask, op=tdist.ReduceOp.MAX)
+        return int(mask.sum().item())
 
 
 def _average_gradients(params: list[torch.Tensor]) -> None:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 
 from clefctl import distributed as dist
-from clefctl.engine import (TrainConfig, Trainer, cache_images, encode_text_trimmed, options_from_run,
-                            options_to_config)
+from clefctl.engine import (TrainConfig, Trainer, cache_images, check_batches, encode_text_trimmed,
+                            options_from_run, options_to_config)
 from clefctl.errors import ClefError
 from clefctl.losses import pretrain_loss, sup_con
 from clefctl.model import ClefModel, create, save_checkpoint
@@ -45,7 +45,9 @@ class PretrainOptions:
     rotation: float | None = None        # max rotation in degrees (None: 10 paper, 0 small models)
     device: str | None = None
     workspace: str | None = None
-    resume: str | None = None            # run name/folder, or "latest"
+    resume: str | None = None            # run name/folder, or "latest" (the newest unfinished run)
+    overrides: frozenset[str] = frozenset()  # resuming: options given again (field names, train's too);
+    #                                          every other option is the resumed run's own
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, warmup_epochs=1, lr=5e-4))
 
 
@@ -106,18 +108,39 @@ def _load_pretrain_data(opts: PretrainOptions):
     return bundle
 
 
+def validate_options(opts: PretrainOptions) -> None:
+    """ClefError for a setting no run can use; also fills the train settings left at None."""
+    opts.train.validate()
+    defaults = PretrainOptions().train
+    for name in ("epochs", "batch_size", "lr", "warmup_epochs"):
+        if getattr(opts.train, name) is None:
+            setattr(opts.train, name, getattr(defaults, name))
+    if not (isinstance(opts.temperature, (int, float)) and 0 < opts.temperature < float("inf")):
+        raise ClefError(f"--temperature must be a finite number > 0, got {opts.temperature!r}")
+    if opts.max_frames is not None and not (isinstance(opts.max_frames, int) and opts.max_frames >= 1):
+        raise ClefError(f"--max-frames must be an integer >= 1, got {opts.max_frames!r}")
+    from clefctl.finetune import augment_for
+
+    augment_for(opts.arch, opts.crop_scale, opts.rotation)  # checks --crop-scale and --rotation
+
+
 def run_pretrain(opts: PretrainOptions) -> Run:
-    """Train stage 1 and return the run (its ``model.pt`` loads with ``clefctl.model.create``)."""
+    """Train stage 1 and return the run (its ``model.pt`` loads with ``clefctl.model.create``).
+
+    ``opts.resume`` continues an unfinished run (see ``Workspace.resume_target``) with its own options,
+    but those named in ``opts.overrides``. Everything is checked before a run folder is created; the
+    run's ``status.json`` then says running, finished, interrupted or failed.
+    """
     from clefctl.data.records import SampleDataset
     from clefctl.data.transforms import TwoViews, transforms_for
+    from clefctl.finetune import augment_for
     from clefctl.prompts import load_prompts
 
     ws = Workspace(opts.workspace)
-    resume_run = ws.resolve("pretrain", opts.resume) if opts.resume else None
-    if opts.resume and resume_run is None:
-        raise ClefError("nothing to resume: no pre-training run in the workspace", path=ws.root)
+    resume_run = ws.resume_target("pretrain", opts.resume) if opts.resume else None
     if resume_run is not None:
         opts = options_from_run(resume_run, opts)
+    validate_options(opts)
     dist.setup_from_env()
     bundle = _load_pretrain_data(opts)
     prompts = load_prompts(opts.prompts or bundle.prompts or "bp4d")
@@ -129,28 +152,32 @@ def run_pretrain(opts: PretrainOptions) -> Run:
     model = create(opts.arch, opts.weights, opts.device, seed=opts.train.seed,
                    trust_checkpoint=opts.trust_checkpoint)
     activities = sorted({s.activity for s in bundle.samples})
-    from clefctl.finetune import augment_for
-
+    check_batches(len(bundle.samples), opts.train.batch_size, dist.world_size())
     aug = augment_for(model.arch, opts.crop_scale, opts.rotation)
     dataset = SampleDataset(cache_images(bundle.samples, model.image_size),
                             TwoViews(transforms_for(model, train=True, **aug)),
                             classes_count=0, task="activity", activities=activities)
     run = resume_run or ws.new_run("pretrain", f"{bundle.name}-{model.arch}")
-    config = {"stage": "pretrain", "options": options_to_config(opts), "dataset": bundle.name, "arch": model.arch,
-              "init_fingerprint": model.fingerprint, "frames": len(bundle.samples),
-              "activities": activities, "prompts_hash": prompts.hash}
-    if dist.is_main() and resume_run is None:
-        run.save_config(config)
-        prompts.save(run.path / "prompts.yaml")
+    if dist.is_main():
+        if resume_run is None:
+            run.save_config({"stage": "pretrain", "options": options_to_config(opts), "dataset": bundle.name,
+                             "arch": model.arch, "init_fingerprint": model.fingerprint,
+                             "frames": len(bundle.samples), "activities": activities, "prompts_hash": prompts.hash})
+            prompts.save(run.path / "prompts.yaml")
+        else:  # the options in force from now on (those given again replaced)
+            run.save_config({**run.config(), "options": options_to_config(opts)})
     task = PretrainTask(model, prompts, activities, opts.temperature, not opts.no_activity_text)
     meta = {"stage": "pretrain", "dataset": bundle.name, "run": run.name}
-    trainer = Trainer(model, task, opts.train, run, meta)
-    result = trainer.fit(dataset, resume_from=trainer.last_path if resume_run is not None else None)
-    if dist.is_main():
-        save_checkpoint(run.model_path, model, dict(meta, epochs=result.epochs_done, steps=result.global_step,
-                                                    skipped_images=result.skipped_images))
-        ws.set_latest(run)
+    with run.attempt(dist.is_main()):
+        trainer = Trainer(model, task, opts.train, run, meta,
+                          resume_flags="--trust-checkpoint" if opts.weights and opts.trust_checkpoint else "")
+        resume_from = trainer.last_path if resume_run is not None and trainer.last_path.is_file() else None
+        result = trainer.fit(dataset, resume_from=resume_from)
+        if dist.is_main():
+            report = {"epochs": result.epochs_done, "steps": result.global_step,
+                      "skipped_train_images": result.skipped_images}
+            save_checkpoint(run.model_path, model, dict(meta, **report))
+            run.mark("finished", **report)
+            ws.set_latest(run)
     dist.barrier()
     return run
-
-

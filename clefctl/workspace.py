@@ -5,6 +5,7 @@ Layout (default root ``./clef_runs``; ``--workspace`` / ``$CLEF_WORKSPACE``)::
     clef_runs/
       pretrain/LATEST                 name of the latest complete run of the stage
       pretrain/20261129-101500-synthetic-au/
+        status.json                   running | finished | interrupted | failed (training runs)
         config.yaml                   every setting of the run
         prompts.yaml                  the prompt set used
         folds.json                    fold lists (fine-tuning on k-fold data sets)
@@ -14,10 +15,18 @@ Layout (default root ``./clef_runs``; ``--workspace`` / ``$CLEF_WORKSPACE``)::
       finetune/...  evaluate/...  embed/...
 
 ``latest`` lets ``pretrain -> finetune -> evaluate -> embed -> query`` run without flags.
+
+A training run writes ``status.json`` (atomically) when it starts (``running``) and when it ends:
+``finished`` once ``model.pt`` and its results are written, ``interrupted`` after a deliberate stop,
+``failed`` (with the error) otherwise. A run killed outright stays ``running``. Every state but
+``finished`` is *unfinished*: ``--resume`` with no run named continues the newest unfinished run of
+the stage (:meth:`Workspace.resume_target`) and refuses a finished one. Folders without
+``status.json`` (older runs) count as finished when they hold ``model.pt``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -27,7 +36,7 @@ from pathlib import Path
 import yaml
 
 from clefctl import paths
-from clefctl.errors import ClefError
+from clefctl.errors import ClefError, Interrupted
 
 STAGES = ("pretrain", "finetune", "evaluate", "embed")
 
@@ -59,6 +68,51 @@ class Run:
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
 
+    @property
+    def status_path(self) -> Path:
+        return self.path / "status.json"
+
+    def status(self) -> dict:
+        """The run's ``status.json`` (``state`` and what the run reported); for a folder without
+        one, ``finished`` when it has ``model.pt``, else ``unknown``."""
+        try:
+            doc = json.loads(self.status_path.read_text(encoding="utf-8"))
+            if isinstance(doc, dict) and isinstance(doc.get("state"), str):
+                return doc
+        except (OSError, ValueError):
+            pass
+        return {"state": "finished" if self.model_path.is_file() else "unknown"}
+
+    @property
+    def finished(self) -> bool:
+        return self.status()["state"] == "finished"
+
+    def mark(self, state: str, **info) -> None:
+        """Record ``state`` (running | finished | interrupted | failed) and ``info`` atomically,
+        keeping the start time and anything reported earlier."""
+        doc = self.status() if self.status_path.is_file() else {}
+        now = time.time()
+        doc.setdefault("started", now)
+        doc.update(info, state=state, updated=now)
+        paths.write_json_atomic(self.status_path, doc)
+
+    @contextlib.contextmanager
+    def attempt(self, enabled: bool = True):
+        """Mark the run ``running`` for the block, then ``interrupted`` or ``failed`` (with the error)
+        when the block raises; the caller marks it ``finished``. ``enabled=False``: no writes (other ranks)."""
+        if enabled:
+            self.mark("running", error=None)
+        try:
+            yield self
+        except Interrupted as exc:
+            if enabled:
+                self.mark("interrupted", error=str(exc))
+            raise
+        except BaseException as exc:
+            if enabled:
+                self.mark("failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+            raise
+
     def config(self) -> dict:
         p = self.path / "config.yaml"
         if not p.is_file():
@@ -73,6 +127,15 @@ class Run:
         """Append one JSON line to metrics.jsonl (line-buffered append: a crash loses at most that line)."""
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, default=float) + "\n")
+
+    def truncate_log(self, step: int) -> None:
+        """Keep only the training records (``step`` / ``epoch``) up to global step ``step``, atomically:
+        a resumed run then logs the steps after its checkpoint once, as an uninterrupted run does."""
+        if not self.metrics_path.is_file():
+            return
+        keep = [r for r in self.metrics()
+                if r.get("kind") in ("step", "epoch") and isinstance(r.get("step"), (int, float)) and r["step"] <= step]
+        paths.write_text_atomic(self.metrics_path, "".join(json.dumps(r, default=float) + "\n" for r in keep))
 
     def metrics(self) -> list[dict]:
         if not self.metrics_path.is_file():
@@ -120,6 +183,32 @@ class Workspace:
         run = self.latest(stage)
         if run is None:
             raise ClefError(f"no {stage} run in workspace {self.root}", hint=hint)
+        return run
+
+    def runs(self, stage: str) -> list[Run]:
+        """The stage's run folders, oldest first (by start time; folder time for older runs)."""
+        d = self.stage_dir(stage)
+        if not d.is_dir():
+            return []
+
+        def started(run: Run) -> float:
+            t = run.status().get("started")
+            return float(t) if isinstance(t, (int, float)) else run.path.stat().st_mtime
+        return sorted((Run(p, stage) for p in d.iterdir() if p.is_dir()), key=lambda r: (started(r), r.name))
+
+    def resume_target(self, stage: str, ref: str | None) -> Run:
+        """The run ``--resume`` continues: ``None``/``latest`` -> the newest unfinished run of the stage;
+        a name or folder -> that run. A finished run is refused: there is nothing left to resume."""
+        if ref in (None, "", "latest"):
+            unfinished = [r for r in self.runs(stage) if not r.finished]
+            if not unfinished:
+                raise ClefError(f"nothing to resume: no unfinished {stage} run in workspace {self.root}",
+                                hint=f"every {stage} run there is complete; start a new run (leave out --resume)")
+            return unfinished[-1]
+        run = self.resolve(stage, ref)
+        if run.finished:
+            raise ClefError(f"nothing to resume: {stage} run {run.name} is complete", path=run.path,
+                            hint="start a new run (leave out --resume), or name an unfinished run")
         return run
 
     def resolve(self, stage: str, ref: str | None) -> Run | None:

@@ -12,7 +12,7 @@ import torch
 
 from clefctl import model as M
 from clefctl.engine import TrainConfig, Trainer
-from clefctl.errors import ClefError
+from clefctl.errors import ClefError, Interrupted
 from clefctl.finetune import FinetuneOptions, run_finetune
 from clefctl.pretrain import PretrainOptions, run_pretrain
 from clefctl.workspace import Workspace
@@ -74,13 +74,27 @@ def _weights(model):
     return {k: v.clone() for k, v in model.clip.state_dict().items()}
 
 
-def test_resume_continues_exactly(synth, tmp_path):
+def test_resume_continues_exactly(synth, tmp_path, monkeypatch):
     common = dict(dataset="rafdb", dataset_root=synth["fer"], init=None)
-    # 7 steps over 3 epochs of ~2-3 steps: the interruption falls mid-epoch
+    # 7 steps over 3 epochs of ~2-3 steps: the interruption (SIGTERM at step 3) falls mid-epoch
     full = run_finetune(FinetuneOptions(workspace=str(tmp_path / "a"), evaluate=False,
                                         train=_cfg(epochs=3, batch_size=48, max_steps=None), **common))
-    part = run_finetune(FinetuneOptions(workspace=str(tmp_path / "b"), evaluate=False,
-                                        train=_cfg(epochs=3, batch_size=48, max_steps=3), **common))
+    from clefctl.finetune import FinetuneTask
+
+    loss, calls = FinetuneTask.loss, []
+
+    def sigterm_at_3(self, batch, rng):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss(self, batch, rng)
+
+    monkeypatch.setattr(FinetuneTask, "loss", sigterm_at_3)
+    with pytest.raises(Interrupted):
+        run_finetune(FinetuneOptions(workspace=str(tmp_path / "b"), evaluate=False,
+                                     train=_cfg(epochs=3, batch_size=48, max_steps=None), **common))
+    monkeypatch.undo()
+    part = Workspace(tmp_path / "b").resume_target("finetune", None)
     assert json.loads(json.dumps(torch.load(part.checkpoints / "last.pt", weights_only=True)["progress"])) \
         ["global_step"] == 3
     resumed = run_finetune(FinetuneOptions(workspace=str(tmp_path / "b"), resume="latest", evaluate=False,
@@ -138,7 +152,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
     model = M.create("clef-tiny")
     run = Workspace(tmp_path).new_run("finetune", "toy")
     trainer = Trainer(model, _ToyTask(model, signal_at=3), _cfg(epochs=3, batch_size=8), run, {"stage": "toy"})
-    with pytest.raises(KeyboardInterrupt, match="SIGTERM: checkpoint saved"):
+    with pytest.raises(Interrupted, match="SIGTERM: training stopped at step 3; checkpoint saved"):
         trainer.fit(_toy_dataset())
     ck = torch.load(trainer.last_path, weights_only=True)
     assert ck["progress"] == {"epoch": 0, "step_in_epoch": 3, "global_step": 3}

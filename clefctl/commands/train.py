@@ -1,12 +1,44 @@
-"""``clefctl pretrain`` and ``clefctl finetune``: options -> clefctl.pretrain / clefctl.finetune."""
+"""``clefctl pretrain`` and ``clefctl finetune``: options -> clefctl.pretrain / clefctl.finetune.
+
+Numeric options are range-checked here (and again by the library). With ``--resume`` the options
+given on this command line (or by their environment variable) replace the resumed run's own; every
+other option is the run's, whatever the defaults below say.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 
 import click
+from click.core import ParameterSource
 
 from clefctl.engine import TrainConfig
+
+
+class Finite(click.FloatRange):
+    """A float in a range that is also finite (click's FloatRange lets nan and, unbounded, inf through)."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
+
+
+POSITIVE = Finite(min=0, min_open=True)
+NON_NEGATIVE = Finite(min=0)
+# click parameter -> the options field it sets, where the names differ
+_FIELDS = {"workers": "num_workers", "no_progress": "progress", "as_json": "progress",
+           "no_class_weights": "class_weighting"}
+
+
+def given_options(ctx: click.Context) -> frozenset[str]:
+    """Option fields set on this command line or by environment variable (not left at the default):
+    on ``--resume`` exactly these replace the run's own options."""
+    out = {_FIELDS.get(name, name) for name in ctx.params
+           if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    return frozenset(out)
 
 
 def train_options(epochs: float | None, lr: float | None, warmup: float | None):
@@ -18,34 +50,38 @@ def train_options(epochs: float | None, lr: float | None, warmup: float | None):
 
     def deco(f):
         opts = [
-            click.option("--epochs", type=float, default=epochs, show_default=epochs is not None, help=epochs_help),
-            click.option("--batch-size", type=int, default=None if small else 64, show_default=not small,
+            click.option("--epochs", type=POSITIVE, default=epochs, show_default=epochs is not None, help=epochs_help),
+            click.option("--batch-size", type=click.IntRange(min=1), default=None if small else 64,
+                         show_default=not small,
                          help="Per-process batch size." + (" Default: the paper's 64, or 32 for clef-tiny/small."
                                                            if small else "")),
-            click.option("--lr", type=float, default=lr, show_default=lr is not None,
+            click.option("--lr", type=POSITIVE, default=lr, show_default=lr is not None,
                          help="Peak learning rate (AdamW)." + ("" if lr is not None else
                                                               " Default: the paper's for the data set, or 1e-3 "
                                                               "for clef-tiny/small.")),
-            click.option("--weight-decay", type=float, default=0.01, show_default=True),
-            click.option("--warmup-epochs", type=float, default=warmup, show_default=warmup is not None,
+            click.option("--weight-decay", type=NON_NEGATIVE, default=0.01, show_default=True),
+            click.option("--warmup-epochs", type=NON_NEGATIVE, default=warmup, show_default=warmup is not None,
                          help="Linear warm-up." + (" Default: 0.5 (the paper's setting here), or ~80 steps for "
                                                    "clef-tiny/small." if warmup is None else "")),
-            click.option("--min-lr", type=float, default=1e-6, show_default=True, help="Cosine decay floor."),
-            click.option("--grad-clip", type=float, default=None, help="Clip the gradient norm to this value."),
+            click.option("--min-lr", type=NON_NEGATIVE, default=1e-6, show_default=True, help="Cosine decay floor."),
+            click.option("--grad-clip", type=POSITIVE, default=None, help="Clip the gradient norm to this value."),
             click.option("--amp", type=click.Choice(["auto", "bf16", "off"]), default="auto", show_default=True,
                          help="bf16 autocast; auto = on for CUDA and wide models on CPU."),
-            click.option("--crop-scale", type=float, default=None,
+            click.option("--crop-scale", type=Finite(min=0, max=1, min_open=True), default=None,
                          help="Smallest random crop area (default 0.8 as in the paper; 0.9 for clef-tiny/small)."),
-            click.option("--rotation", type=float, default=None,
+            click.option("--rotation", type=Finite(min=0, max=180), default=None,
                          help="Max random rotation in degrees (default 10 as in the paper; 0 for clef-tiny/small)."),
             click.option("--seed", type=int, default=0, show_default=True),
-            click.option("--workers", type=int, default=None, help="DataLoader workers (default: by machine)."),
-            click.option("--max-steps", type=int, default=None, help="Stop after this many steps in total."),
+            click.option("--workers", type=click.IntRange(min=0), default=None,
+                         help="DataLoader workers (default: by machine)."),
+            click.option("--max-steps", type=click.IntRange(min=1), default=None,
+                         help="Stop after this many steps in total."),
             click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)."),
             click.option("--workspace", default=None, envvar="CLEF_WORKSPACE",
                          help="Run folders (default ./clef_runs)."),
             click.option("--resume", default=None, is_flag=False, flag_value="latest",
-                         help="Continue an interrupted run exactly: --resume (latest) or --resume RUN."),
+                         help="Continue an unfinished run exactly: --resume (the newest unfinished run) or "
+                              "--resume RUN. The run keeps its own options but those given again here."),
             click.option("--no-progress", is_flag=True, help="No progress bar."),
             click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
         ]
@@ -80,7 +116,19 @@ def _train_config(kw: dict) -> TrainConfig:
                        progress=not kw["no_progress"] and not kw["as_json"])
 
 
-def _report(run, as_json: bool, extra: dict) -> None:
+def _report(run, as_json: bool, stage: str) -> None:
+    """The summary of a finished run, from the run's own files (a resumed run's data set and init,
+    not this command line's defaults), with the count of unreadable training images skipped."""
+    cfg = run.config()
+    extra = {"stage": stage, "dataset": cfg.get("dataset")}
+    if stage == "finetune":
+        extra["init"] = cfg.get("init")
+        metrics_file = run.path / "test_metrics.json"
+        if metrics_file.is_file():
+            m = json.loads(metrics_file.read_text(encoding="utf-8"))
+            extra.update({k: round(v, 2) for k, v in m.items() if k in ("accuracy", "macro_f1", "mean_f1")})
+            extra["protocol"] = m.get("protocol")
+    extra["skipped_train_images"] = int(run.status().get("skipped_train_images", 0))
     out = {"run": str(run.path), "model": str(run.model_path), **extra}
     if as_json:
         click.echo(json.dumps(out, indent=2))
@@ -96,9 +144,9 @@ def _report(run, as_json: bool, extra: dict) -> None:
 
 @click.command("pretrain")
 @data_options("synthetic-au")
-@click.option("--max-frames", type=int, default=None, help="Sample this many frames evenly over the tasks "
-                                                             "(the paper: 480000 of BP4D+).")
-@click.option("--temperature", type=float, default=0.25, show_default=True, help="Epsilon of Eq. 1.")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None,
+              help="Sample this many frames evenly over the tasks (the paper: 480000 of BP4D+).")
+@click.option("--temperature", type=POSITIVE, default=0.25, show_default=True, help="Epsilon of Eq. 1.")
 @click.option("--no-activity-text", is_flag=True, help="Ablation 'PI': image-image L_II only (Table 6).")
 @train_options(epochs=5, lr=5e-4, warmup=1)
 def pretrain(**kw) -> None:
@@ -117,19 +165,22 @@ def pretrain(**kw) -> None:
                            max_frames=kw["max_frames"], arch=kw["arch"], weights=kw["weights"],
                            trust_checkpoint=kw["trust_checkpoint"], prompts=kw["prompts"],
                            temperature=kw["temperature"], no_activity_text=kw["no_activity_text"],
-                           crop_scale=kw["crop_scale"], rotation=kw["rotation"], device=kw["device"], workspace=kw["workspace"], resume=kw["resume"],
-                           train=_train_config(kw))
+                           crop_scale=kw["crop_scale"], rotation=kw["rotation"], device=kw["device"],
+                           workspace=kw["workspace"], resume=kw["resume"],
+                           overrides=given_options(click.get_current_context()), train=_train_config(kw))
     run = run_pretrain(opts)
-    _report(run, kw["as_json"], {"stage": "pretrain", "dataset": opts.dataset})
+    _report(run, kw["as_json"], "pretrain")
 
 
 @click.command("finetune")
 @data_options("synthetic-au")
-@click.option("--fold", type=int, default=1, show_default=True, help="AU data sets: the fold to train (1-based).")
-@click.option("--folds", type=int, default=None, help="Number of subject folds (default: canonical, else 3).")
+@click.option("--fold", type=click.IntRange(min=1), default=1, show_default=True,
+              help="AU data sets: the fold to train (1-based).")
+@click.option("--folds", type=click.IntRange(min=2), default=None,
+              help="Number of subject folds (default: canonical, else 3).")
 @click.option("--init", default="latest", show_default=True,
               help="Pre-training run to start from: latest, a run name/folder, or none.")
-@click.option("--lam", type=float, default=2.0, show_default=True, help="Lambda of Eq. 6.")
+@click.option("--lam", type=NON_NEGATIVE, default=2.0, show_default=True, help="Lambda of Eq. 6.")
 @click.option("--no-descriptions", is_flag=True, help="Ablation 'N': L_IN only, no name-description loss.")
 @click.option("--head", type=click.Choice(["text", "linear"]), default="text", show_default=True,
               help="linear = ablation 'I': image encoder + linear classifier, no text.")
@@ -149,16 +200,18 @@ def finetune(**kw) -> None:
 
     cfg = _train_config(kw)  # None (lr, batch, epochs, warm-up): run_finetune picks by data set and arch
     init = kw["init"]
+    given = given_options(click.get_current_context())
     if kw["weights"]:
         init = None
+        given |= {"init"}
     opts = FinetuneOptions(dataset=kw["dataset"], data_root=kw["data_root"], dataset_root=kw["dataset_root"],
                            fold=kw["fold"], folds=kw["folds"], init=init, weights=kw["weights"], arch=kw["arch"],
                            trust_checkpoint=kw["trust_checkpoint"], prompts=kw["prompts"], lam=kw["lam"],
                            no_descriptions=kw["no_descriptions"], head=kw["head"],
                            class_weighting=not kw["no_class_weights"], crop_scale=kw["crop_scale"],
                            rotation=kw["rotation"], device=kw["device"],
-                           workspace=kw["workspace"], resume=kw["resume"], train=cfg)
-    if init == "latest":
+                           workspace=kw["workspace"], resume=kw["resume"], overrides=given, train=cfg)
+    if init == "latest" and not (kw["resume"] and "init" not in given):  # a resumed run keeps its own init
         from clefctl.workspace import Workspace
 
         if Workspace(opts.workspace).latest("pretrain") is None:
@@ -166,10 +219,4 @@ def finetune(**kw) -> None:
             click.echo("note: no pre-training run in the workspace; starting from "
                        f"{'--weights' if opts.weights else 'a random ' + opts.arch}", err=True)
     run = run_finetune(opts)
-    extra = {"stage": "finetune", "dataset": opts.dataset}
-    metrics_file = run.path / "test_metrics.json"
-    if metrics_file.is_file():
-        m = json.loads(metrics_file.read_text())
-        extra.update({k: round(v, 2) for k, v in m.items() if k in ("accuracy", "macro_f1", "mean_f1")})
-        extra["protocol"] = m.get("protocol")
-    _report(run, kw["as_json"], extra)
+    _report(run, kw["as_json"], "finetune")
