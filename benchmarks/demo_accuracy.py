@@ -77,7 +77,8 @@ def _evaluate(run, bundle, opts, task: str):
 
     train, test, _, _ = split_for(bundle, opts)
     model = create(weights=str(run.model_path))
-    scores = predict_scores(model, test, model.load_report.extras, task)
+    scored = predict_scores(model, test, model.load_report.extras, task)
+    test, scores = scored.samples, scored.scores  # unreadable images are left out, not substituted
     if task == "au":
         y = np.stack([s.aus for s in test])
         mask = np.stack([s.au_mask if s.au_mask is not None else np.ones_like(s.aus) for s in test])

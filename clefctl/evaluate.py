@@ -6,16 +6,20 @@ writes the report folder (results.json, per_fold.csv, predictions.csv, PNG plots
 reported both as F1 per fold averaged over folds (as the literature reports) and as F1 over the
 pooled predictions. Thresholds are 0.5; ``tune_thresholds`` picks per-AU thresholds on the
 TRAINING fold's predictions only and reports them as a separate, labelled row.
+
+An unreadable image is never scored: it is left out of the metrics, predictions.csv and plots,
+counted in ``skipped`` and listed in ``skipped_ids`` (per fold and in total) of results.json,
+and ``n_samples`` counts the images scored.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from clefctl.errors import ClefError
 from clefctl.workspace import Run, Workspace
@@ -46,7 +50,8 @@ def _finetune_options(options: dict):
 
     o = copy.deepcopy(options)
     train = TrainConfig(**o.pop("train", {}))
-    o.pop("resume", None)
+    for key in ("resume", "overrides", "trust_checkpoint"):  # trust comes only from a command line
+        o.pop(key, None)
     return FinetuneOptions(**o, train=train)
 
 
@@ -78,26 +83,41 @@ def _load_bundle(cfg: dict, data_root=None, dataset_root=None):
                         data_root=data_root or o.get("data_root"))
 
 
-def _score_run(run: Run, samples, task: str, device=None):
+def _score_run(run: Run, samples, task: str, device=None, what: str = "test"):
+    """(model, :class:`clefctl.finetune.ScoredSamples` of its readable ``samples``)."""
     from clefctl.finetune import predict_scores
     from clefctl.model import create
 
     model = create(weights=str(run.model_path), device=device)
     extras = model.load_report.extras
-    scores = predict_scores(model, samples, extras, task)
-    return model, scores
+    return model, _readable(predict_scores(model, samples, extras, task), what)
+
+
+def _readable(scored, what: str):
+    """``scored`` itself; ClefError when none of its images could be read, a warning when some
+    were left out."""
+    bad = scored.skipped
+    if not scored.samples:
+        raise ClefError(f"none of the {len(bad)} {what} images could be read" +
+                        (f" (first: {bad[0]})" if bad else ""), hint="check the image files")
+    if bad:
+        warnings.warn(f"{len(bad)} unreadable {what} image{'s' if len(bad) != 1 else ''} left out of "
+                      f"the metrics (first: {bad[0]}); results.json lists them", stacklevel=3)
+    return scored
 
 
 def _features(model, samples, limit: int = 2000, seed: int = 0):
-    from clefctl.data.records import SampleDataset
+    """Image features of up to ``limit`` readable ``samples`` (for the t-SNE plot) and their samples."""
+    from clefctl.data.records import encode_readable
     from clefctl.data.transforms import transforms_for
 
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(samples), size=min(limit, len(samples)), replace=False))
     chosen = [samples[i] for i in idx]
-    ds = SampleDataset(chosen, transforms_for(model, train=False), classes_count=0, task="fer")
-    loader = torch.utils.data.DataLoader(ds, batch_size=128)
-    return torch.cat([model.encode_images(b["image"]) for b in loader]).numpy(), chosen
+    feats, kept, _ = encode_readable(model.encode_images, chosen, transforms_for(model, train=False))
+    if feats is None:
+        return np.zeros((0, model.embed_dim), np.float32), []
+    return feats.numpy(), [chosen[i] for i in kept]
 
 
 def _truth(samples, task: str):
@@ -128,7 +148,7 @@ def evaluate_kfold(k: int | None = None, config: str | None = None, workspace: s
     options["workspace"] = workspace
     bundle = _load_bundle({"dataset": options["dataset"], "options": options}, data_root, dataset_root)
     task, classes = bundle.task, bundle.classes
-    per_fold, pred_frames, feats, feat_labels, curves, tuned_folds = [], [], [], [], [], []
+    per_fold, pred_frames, feats, feat_labels, curves, tuned_folds, scored_tests = [], [], [], [], [], [], []
     if any(s.split for s in bundle.samples):
         folds_desc = None
         train, test = official_split(bundle)
@@ -148,27 +168,19 @@ def evaluate_kfold(k: int | None = None, config: str | None = None, workspace: s
             run = run_finetune(fo)
         if fold is not None:
             _check_subject_exclusive(run, fold)
-        model, scores = _score_run(run, test, task, device)
-        y, m = _truth(test, task)
-        if task == "au":
-            fm = metrics.au_metrics(y, scores, m, classes)
-            if tune:
-                y_tr, m_tr = _truth(train, task)
-                _, s_tr = _score_run(run, train, task, device)
-                th = metrics.tune_thresholds(y_tr, s_tr, m_tr)
-                tuned = metrics.au_metrics(y, scores, m, classes, thresholds=th)
-                tuned["fold"] = fold_index
-                tuned_folds.append(tuned)
-        else:
-            fm = metrics.fer_metrics(y, scores, classes)
+        model, scored = _score_run(run, test, task, device)
+        fm, frame = _scored_metrics(scored, task, classes, fold_index)
+        if task == "au" and tune:
+            tuned_folds.append(_tuned_metrics(run, train, scored, classes, fold_index, device))
         fm["fold"] = fold_index
         fm["run"] = run.name
         per_fold.append(fm)
-        pred_frames.append(reports.predictions_frame([s.id for s in test], [s.subject for s in test], fold_index,
-                                                     y, scores, classes, task, mask=m))
-        f, chosen = _features(model, test, limit=max(1, 2000 // len(plan)))
-        feats.append(f)
-        feat_labels.append(_truth(chosen, task)[0])
+        pred_frames.append(frame)
+        scored_tests.append(scored.samples)  # the readable test images, in score-row order
+        f, chosen = _features(model, scored.samples, limit=max(1, 2000 // len(plan)))
+        if chosen:
+            feats.append(f)
+            feat_labels.append(_truth(chosen, task)[0])
         curves.append((f"fold {fold_index}" if fold is not None else run.name, run.metrics_path))
     import pandas as pd
 
@@ -182,8 +194,10 @@ def evaluate_kfold(k: int | None = None, config: str | None = None, workspace: s
             result["tuned"] = tuned_folds[0]
     if task == "fer":
         y_train = np.array([s.label for s in plan[0][1]])
-        y_test = np.array([s.label for s in plan[0][2]])
+        y_test = np.array([s.label for s in scored_tests[0]])
         result["baseline"] = metrics.majority_baseline_fer(y_train, y_test, classes)
+    result["skipped_ids"] = [i for f in per_fold for i in f["skipped_ids"]]
+    result["skipped"] = len(result["skipped_ids"])
     result["dataset"] = bundle.name
     result["protocol"] = f"{len(plan)}-fold subject-exclusive" if folds_desc else "official train/test split"
     result["settings_from"] = ref.name
@@ -191,11 +205,39 @@ def evaluate_kfold(k: int | None = None, config: str | None = None, workspace: s
     out.save_config({"stage": "evaluate", "dataset": bundle.name, "reference_run": ref.name, "folds": len(plan),
                      "fold_runs": [f["run"] for f in per_fold], "tuned_thresholds": tune})
     files = reports.write_reports(out.path, result, predictions=pd.concat(pred_frames, ignore_index=True),
-                                  per_fold=per_fold, features=np.concatenate(feats),
-                                  labels=np.concatenate(feat_labels), metrics_jsonl_paths=curves, task=task,
+                                  per_fold=per_fold, features=np.concatenate(feats) if feats else None,
+                                  labels=np.concatenate(feat_labels) if feats else None,
+                                  metrics_jsonl_paths=curves, task=task,
                                   class_ids=classes, dataset=bundle.name)
     ws.set_latest(out)
     return EvalResult(out, result, files)
+
+
+def _scored_metrics(scored, task: str, classes: list[str], fold):
+    """(metrics, predictions.csv frame) of the readable scored samples only, with ``skipped`` and
+    ``skipped_ids`` (the unreadable ones) added to the metrics."""
+    from clefctl import metrics, reports
+
+    samples, scores = scored.samples, scored.scores
+    y, m = _truth(samples, task)
+    fm = metrics.au_metrics(y, scores, m, classes) if task == "au" else metrics.fer_metrics(y, scores, classes)
+    fm.update(skipped=len(scored.skipped), skipped_ids=list(scored.skipped))
+    frame = reports.predictions_frame([s.id for s in samples], [s.subject for s in samples], fold, y, scores,
+                                      classes, task, mask=m)
+    return fm, frame
+
+
+def _tuned_metrics(run: Run, train, scored, classes: list[str], fold_index: int, device=None) -> dict:
+    """AU metrics of ``scored`` at per-AU thresholds tuned on the run's TRAINING-fold predictions."""
+    from clefctl import metrics
+
+    _, tr = _score_run(run, train, "au", device, what="training")
+    y_tr, m_tr = _truth(tr.samples, "au")
+    th = metrics.tune_thresholds(y_tr, tr.scores, m_tr)
+    y, m = _truth(scored.samples, "au")
+    tuned = metrics.au_metrics(y, scored.scores, m, classes, thresholds=th)
+    tuned["fold"] = fold_index
+    return tuned
 
 
 def _check_subject_exclusive(run: Run, fold) -> None:
@@ -215,9 +257,10 @@ def _check_subject_exclusive(run: Run, fold) -> None:
 
 def evaluate_checkpoint(checkpoint: str, dataset: str | None = None, split: str = "test",
                         workspace: str | None = None, data_root: str | None = None,
-                        dataset_root: str | None = None, device: str | None = None) -> EvalResult:
+                        dataset_root: str | None = None, device: str | None = None,
+                        trust_checkpoint: bool = False) -> EvalResult:
     """Evaluate one fine-tuned checkpoint on a split (``test``/``train``/``val``, or ``all``)."""
-    from clefctl import metrics, reports
+    from clefctl import reports
     from clefctl.data import load_dataset
     from clefctl.data.folds import load_folds, samples_in_split
 
@@ -225,7 +268,7 @@ def evaluate_checkpoint(checkpoint: str, dataset: str | None = None, split: str 
     ck_run = Run(run_dir, "finetune")
     from clefctl.model import create
 
-    model = create(weights=checkpoint, device=device)
+    model = create(weights=checkpoint, device=device, trust_checkpoint=trust_checkpoint)
     meta = model.meta
     if meta.get("stage") != "finetune":
         raise ClefError("not a fine-tuned clefctl checkpoint (no class-name embeddings)", path=checkpoint,
@@ -253,20 +296,17 @@ def evaluate_checkpoint(checkpoint: str, dataset: str | None = None, split: str 
         raise ClefError(f"no samples in split {split!r} of {bundle.name}")
     from clefctl.finetune import predict_scores
 
-    scores = predict_scores(model, samples, model.load_report.extras, bundle.task)
-    y, m = _truth(samples, bundle.task)
-    result = metrics.au_metrics(y, scores, m, bundle.classes) if bundle.task == "au" else \
-        metrics.fer_metrics(y, scores, bundle.classes)
+    scored = _readable(predict_scores(model, samples, model.load_report.extras, bundle.task),
+                       "test" if split == "test" else f"{split}-split")
+    result, predictions = _scored_metrics(scored, bundle.task, bundle.classes, None)
     result.update(dataset=bundle.name, protocol=f"one checkpoint, split {split}", checkpoint=str(checkpoint))
     ws = Workspace(workspace)
     out = ws.new_run("evaluate", f"{bundle.name}-{split}")
     out.save_config({"stage": "evaluate", "checkpoint": str(checkpoint), "split": split, "dataset": bundle.name})
-    f, chosen = _features(model, samples)
-    files = reports.write_reports(out.path, result,
-                                  predictions=reports.predictions_frame([s.id for s in samples],
-                                                                        [s.subject for s in samples], None, y,
-                                                                        scores, bundle.classes, bundle.task, mask=m),
-                                  features=f, labels=_truth(chosen, bundle.task)[0],
+    f, chosen = _features(model, scored.samples)
+    files = reports.write_reports(out.path, result, predictions=predictions,
+                                  features=f if chosen else None,
+                                  labels=_truth(chosen, bundle.task)[0] if chosen else None,
                                   metrics_jsonl_paths=[("training", ck_run.metrics_path)], task=bundle.task,
                                   class_ids=bundle.classes, dataset=bundle.name)
     ws.set_latest(out)

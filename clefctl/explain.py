@@ -816,12 +816,25 @@ def class_panels(prompts, max_descriptions: int | None = None) -> list[tuple[str
 
 @dataclass
 class Face:
-    """The image to explain and how it was obtained."""
+    """The image to explain and how it was obtained.
+
+    ``face`` says what the face search did: ``"found"`` (cropped to it), ``"none found"`` (the
+    whole image is used; ``warning`` says so), ``"not searched"`` (--no-crop, or an image already
+    about the model's input size) or ``"stored box"`` (cut to an embedding store's face box).
+    """
 
     image: object              # PIL RGB image
     source: str
     cropped: bool = False
     box: tuple[int, int, int, int] | None = None
+    face: str = "not searched"
+
+    @property
+    def warning(self) -> str | None:
+        if self.face != "none found":
+            return None
+        return (f"no face found in {self.source}: explaining the whole image (--crop requires a face, "
+                "--no-crop skips the search)")
 
 
 def _open_rgb(path: Path):
@@ -841,8 +854,9 @@ def load_face(image: str, model_size: int, crop: bool | None = None, store: str 
     """Open ``image`` (a file, or with ``store`` an image id of that embedding store) as RGB.
 
     ``crop=True``: crop the largest face with :class:`clefctl.data.faces.FaceCropper` (an error
-    when none is found); ``False``: never; ``None`` (default): crop only when the image is larger
-    than twice the model input and a face is found. Stored images are cut to their stored face box.
+    when none is found); ``False``: never; ``None`` (default): look for a face only when the image
+    is larger than twice the model input, and use the whole image when none is found
+    (``Face.face`` "none found", with a ``warning``). Stored images are cut to their stored face box.
     """
     path = Path(image).expanduser()
     box = None
@@ -865,7 +879,7 @@ def load_face(image: str, model_size: int, crop: bool | None = None, store: str 
     if box is not None:
         x, y, w, h = box
         img = img.crop((max(0, x), max(0, y), min(img.width, x + w), min(img.height, y + h)))
-        return Face(img, str(path), True, box)
+        return Face(img, str(path), True, box, "stored box")
     if crop is False or (crop is None and max(img.size) <= 2 * model_size):
         return Face(img, str(path))
     from clefctl.data.faces import FaceCropper
@@ -874,8 +888,8 @@ def load_face(image: str, model_size: int, crop: bool | None = None, store: str 
     if not result.found:
         if crop:
             raise ClefError("no face found in the image", path=path, hint="pass --no-crop to use it whole")
-        return Face(img, str(path))
-    return Face(result.image, str(path), True, result.box)
+        return Face(img, str(path), face="none found")
+    return Face(result.image, str(path), True, result.box, "found")
 
 
 def synthetic_au_root(dataset_root: str | None = None, run_dir: Path | None = None) -> Path:

@@ -18,15 +18,15 @@ Example::
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from clefctl import distributed as dist
-from clefctl.engine import (TrainConfig, Trainer, cache_images, encode_text_trimmed, options_from_run,
-                            options_to_config)
+from clefctl.engine import (TrainConfig, Trainer, cache_images, check_batches, encode_text_trimmed,
+                            options_from_run, options_to_config)
 from clefctl.errors import ClefError
 from clefctl.losses import (au_loss, au_loss_from_logits, fer_loss, fer_loss_from_logits, finetune_loss,
                             name_description_loss)
@@ -69,10 +69,12 @@ def augment_for(arch: str, crop_scale: float | None, rotation: float | None) -> 
     ``crop_scale`` (smallest crop area) and ``rotation`` (degrees) override either."""
     aug = dict(SMALL_MODEL_AUGMENT if is_small_model(arch) else PAPER_AUGMENT)
     if crop_scale is not None:
-        if not 0 < crop_scale <= 1:
+        if not (isinstance(crop_scale, (int, float)) and 0 < crop_scale <= 1):
             raise ClefError(f"--crop-scale must be in (0, 1], got {crop_scale}")
         aug["scale"] = (float(crop_scale), 1.0)
     if rotation is not None:
+        if not (isinstance(rotation, (int, float)) and 0 <= rotation <= 180):
+            raise ClefError(f"--rotation must be in [0, 180] degrees, got {rotation}")
         aug["rotation"] = float(rotation)
     return aug
 
@@ -90,9 +92,9 @@ def resolve_defaults(train: TrainConfig, arch: str, dataset: str, task: str, n_t
     """Fill the options left at None (batch, lr, epochs, warm-up) in place: the paper's settings
     (section 4.2) for pre-trained architectures, the SMALL_MODEL_* ones for clef-tiny/clef-small."""
     small = is_small_model(arch)
-    if not train.batch_size:
+    if train.batch_size is None:
         train.batch_size = SMALL_MODEL_BATCH if small else PAPER_BATCH
-    if not train.lr:
+    if train.lr is None:
         train.lr = SMALL_MODEL_LR if small else PAPER_LR.get(dataset, 2e-4)
     if train.epochs is None:
         train.epochs = auto_epochs(arch, task, n_train, train.batch_size, world)
@@ -123,7 +125,9 @@ class FinetuneOptions:
     rotation: float | None = None      # max rotation in degrees (None: 10 paper, 0 small models)
     device: str | None = None
     workspace: str | None = None
-    resume: str | None = None
+    resume: str | None = None          # run name/folder, or "latest" (the newest unfinished run)
+    overrides: frozenset[str] = frozenset()  # resuming: options given again (field names, train's too);
+    #                                          every other option is the resumed run's own
     evaluate: bool = True              # score the held-out part after training
     # epochs, lr and batch None: the paper's, or clefctl's small-model defaults (see SMALL_MODEL_*)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=None, batch_size=None, warmup_epochs=None,
@@ -176,10 +180,12 @@ class FinetuneTask:
         return finetune_loss(l_in, l_dn, self.lam), {"l_in": l_in.detach(), "l_dn": l_dn.detach()}
 
 
-def _init_model(opts: FinetuneOptions, ws: Workspace) -> tuple[ClefModel, str]:
+def _init_model(opts: FinetuneOptions, ws: Workspace) -> tuple[ClefModel, str, str | None]:
+    """(model, description, init) with ``init`` the pre-training run actually used, by name (its folder
+    when outside the workspace) instead of "latest": a resumed run starts from the same one."""
     if opts.weights:
         return create(opts.arch, opts.weights, opts.device, seed=opts.train.seed,
-                      trust_checkpoint=opts.trust_checkpoint), f"weights {opts.weights}"
+                      trust_checkpoint=opts.trust_checkpoint), f"weights {opts.weights}", opts.init
     if opts.init not in (None, "", "none"):
         run = ws.resolve("pretrain", opts.init)
         if run is None:
@@ -188,8 +194,23 @@ def _init_model(opts: FinetuneOptions, ws: Workspace) -> tuple[ClefModel, str]:
         if not run.model_path.is_file():
             raise ClefError("pre-training run has no model.pt (it did not finish)", path=run.path,
                             hint="finish it with `clefctl pretrain --resume` or choose another run")
-        return create(weights=str(run.model_path), device=opts.device), f"pretrain run {run.name}"
-    return create(opts.arch, None, opts.device, seed=opts.train.seed), "random initialisation"
+        ref = run.name if run.path.parent == ws.stage_dir("pretrain") else str(run.path)
+        return create(weights=str(run.model_path), device=opts.device), f"pretrain run {run.name}", ref
+    return create(opts.arch, None, opts.device, seed=opts.train.seed), "random initialisation", opts.init
+
+
+def validate_options(opts: FinetuneOptions) -> None:
+    """ClefError for a setting no run can use (the train settings left at None are filled later)."""
+    opts.train.validate()
+    if opts.head not in ("text", "linear"):
+        raise ClefError(f"unknown --head {opts.head!r}", hint="use text or linear")
+    if not (isinstance(opts.lam, (int, float)) and 0 <= opts.lam < float("inf")):
+        raise ClefError(f"--lam must be a finite number >= 0, got {opts.lam!r}")
+    if not (isinstance(opts.fold, int) and opts.fold >= 1):
+        raise ClefError(f"--fold must be an integer >= 1, got {opts.fold!r}")
+    if opts.folds is not None and not (isinstance(opts.folds, int) and opts.folds >= 2):
+        raise ClefError(f"--folds must be an integer >= 2, got {opts.folds!r}")
+    augment_for(opts.arch, opts.crop_scale, opts.rotation)  # checks --crop-scale and --rotation
 
 
 def split_for(bundle, opts: FinetuneOptions):
@@ -211,22 +232,24 @@ def split_for(bundle, opts: FinetuneOptions):
 
 
 def run_finetune(opts: FinetuneOptions) -> Run:
-    """Train stage 2 and return the run; ``model.pt`` stores the class-name text embeddings."""
+    """Train stage 2 and return the run; ``model.pt`` stores the class-name text embeddings.
+
+    ``opts.resume`` continues an unfinished run (see ``Workspace.resume_target``) with its own options,
+    but those named in ``opts.overrides``. Everything is checked before a run folder is created; the
+    run's ``status.json`` then says running, finished, interrupted or failed, and the finished run's
+    ``status.json`` and ``test_metrics.json`` count the unreadable training images skipped.
+    """
     from clefctl.data import load_dataset
-    from clefctl.data.folds import save_folds
     from clefctl.data.records import SampleDataset
     from clefctl.data.transforms import transforms_for
     from clefctl.data.weights import class_weights
     from clefctl.prompts import load_prompts
 
     ws = Workspace(opts.workspace)
-    resume_run = ws.resolve("finetune", opts.resume) if opts.resume else None
-    if opts.resume and resume_run is None:
-        raise ClefError("nothing to resume: no fine-tuning run in the workspace", path=ws.root)
+    resume_run = ws.resume_target("finetune", opts.resume) if opts.resume else None
     if resume_run is not None:
         opts = options_from_run(resume_run, opts)
-    if opts.head not in ("text", "linear"):
-        raise ClefError(f"unknown --head {opts.head!r}", hint="use text or linear")
+    validate_options(opts)
     dist.setup_from_env()
     bundle = load_dataset(opts.dataset, root=opts.dataset_root, data_root=opts.data_root)
     if bundle.task not in ("au", "fer"):
@@ -236,7 +259,10 @@ def run_finetune(opts: FinetuneOptions) -> Run:
     train, test, folds, protocol = split_for(bundle, opts)
     if not train:
         raise ClefError(f"no training samples in {bundle.name} for {protocol}", path=bundle.root)
-    model, init_desc = _init_model(opts, ws)
+    model, init_desc, init = _init_model(opts, ws)
+    opts = replace(opts, init=init)  # stored by name: a resume starts from the same run
+    resolve_defaults(opts.train, model.arch, bundle.name, bundle.task, len(train), dist.world_size())
+    check_batches(len(train), opts.train.batch_size, dist.world_size())
     weights = torch.as_tensor(class_weights(train, bundle.task, len(bundle.classes)), dtype=torch.float32) \
         if opts.class_weighting else None
     head = None
@@ -246,44 +272,65 @@ def run_finetune(opts: FinetuneOptions) -> Run:
     aug = augment_for(model.arch, opts.crop_scale, opts.rotation)
     dataset = SampleDataset(cache_images(train, model.image_size), transforms_for(model, train=True, **aug),
                             classes_count=len(bundle.classes), task=bundle.task)
-    run = resume_run or ws.new_run("finetune", f"{bundle.name}-{opts.head}" +
-                                   (f"-fold{opts.fold}" if folds else ""))
-    resolve_defaults(opts.train, model.arch, bundle.name, bundle.task, len(train), dist.world_size())
-    config = {"stage": "finetune", "options": options_to_config(opts), "dataset": bundle.name, "task": bundle.task,
-              "classes": bundle.classes, "protocol": protocol, "init": init_desc, "arch": model.arch,
-              "init_fingerprint": model.fingerprint, "train_samples": len(train), "test_samples": len(test),
-              "prompts_hash": prompts.hash,
-              "class_weights": weights.tolist() if weights is not None else None}
-    if dist.is_main() and resume_run is None:
-        run.save_config(config)
-        prompts.save(run.path / "prompts.yaml")
-        if folds:
-            save_folds(folds, run.path / "folds.json", dataset=bundle.name, seed=opts.train.seed)
+    run = resume_run or ws.new_run("finetune", f"{bundle.name}-{opts.head}" + (f"-fold{opts.fold}" if folds else ""))
+    if dist.is_main():
+        _save_run_files(run, resume_run is not None, opts, bundle, prompts, folds, {
+            "protocol": protocol, "init": init_desc, "arch": model.arch, "init_fingerprint": model.fingerprint,
+            "train_samples": len(train), "test_samples": len(test),
+            "class_weights": weights.tolist() if weights is not None else None})
     task = FinetuneTask(model, prompts, bundle.task, weights, opts.lam, not opts.no_descriptions, head)
     meta = {"stage": "finetune", "dataset": bundle.name, "task": bundle.task, "classes": bundle.classes,
             "head": opts.head, "fold": opts.fold if folds else None, "prompts_hash": prompts.hash,
             "run": run.name}
-    trainer = Trainer(model, task, opts.train, run, meta)
-    result = trainer.fit(dataset, resume_from=trainer.last_path if resume_run is not None else None)
-    if dist.is_main():
-        extras = {"name_embeddings": model.encode_texts(prompts.name_texts())}
-        if head is not None:  # the logit scale folded in: logits = W' . unit feature + b
-            extras["head_weight"] = head.weight.detach() * model.logit_scale.detach()
-            extras["head_bias"] = head.bias.detach()
-        save_checkpoint(run.model_path, model, dict(meta, epochs=result.epochs_done, steps=result.global_step),
-                        extras=extras)
-        if opts.evaluate and test:
-            from clefctl.paths import write_json_atomic
-
-            scores = predict_scores(model, test, extras, bundle.task)
-            summary = quick_metrics(test, scores, bundle.task, bundle.classes)
-            summary.update(protocol=protocol, test_samples=len(test))
-            write_json_atomic(run.path / "test_metrics.json", summary)
-            run.log({"kind": "test", "step": result.global_step, **{k: v for k, v in summary.items()
-                                                                   if isinstance(v, (int, float))}})
-        ws.set_latest(run)
+    with run.attempt(dist.is_main()):
+        trainer = Trainer(model, task, opts.train, run, meta,
+                          resume_flags="--trust-checkpoint" if opts.weights and opts.trust_checkpoint else "")
+        resume_from = trainer.last_path if resume_run is not None and trainer.last_path.is_file() else None
+        result = trainer.fit(dataset, resume_from=resume_from)
+        if dist.is_main():
+            report = {"epochs": result.epochs_done, "steps": result.global_step,
+                      "skipped_train_images": result.skipped_images}
+            _save_results(run, model, head, prompts, meta, report, test if opts.evaluate else [], bundle, protocol)
+            run.mark("finished", **report)
+            ws.set_latest(run)
     dist.barrier()
     return run
+
+
+def _save_run_files(run: Run, resumed: bool, opts: FinetuneOptions, bundle, prompts, folds, info: dict) -> None:
+    """config.yaml, prompts.yaml and folds.json of a new run; a resumed run's config.yaml gets the
+    options in force from now on (those given again replaced)."""
+    from clefctl.data.folds import save_folds
+
+    if resumed:
+        run.save_config({**run.config(), "options": options_to_config(opts)})
+        return
+    run.save_config({"stage": "finetune", "options": options_to_config(opts), "dataset": bundle.name,
+                     "task": bundle.task, "classes": bundle.classes, **info, "prompts_hash": prompts.hash})
+    prompts.save(run.path / "prompts.yaml")
+    if folds:
+        save_folds(folds, run.path / "folds.json", dataset=bundle.name, seed=opts.train.seed)
+
+
+def _save_results(run: Run, model: ClefModel, head, prompts, meta: dict, report: dict, test, bundle,
+                  protocol: str) -> None:
+    """model.pt (with the name embeddings, or the linear head) and, with test samples, test_metrics.json
+    (which also counts the unreadable training images skipped) and its ``test`` record in metrics.jsonl."""
+    from clefctl.paths import write_json_atomic
+
+    extras = {"name_embeddings": model.encode_texts(prompts.name_texts())}
+    if head is not None:  # the logit scale folded in: logits = W' . unit feature + b
+        extras["head_weight"] = head.weight.detach() * model.logit_scale.detach()
+        extras["head_bias"] = head.bias.detach()
+    save_checkpoint(run.model_path, model, dict(meta, **report), extras=extras)
+    if test:
+        scores = predict_scores(model, test, extras, bundle.task)
+        summary = quick_metrics(test, scores, bundle.task, bundle.classes)
+        summary.update(protocol=protocol, test_samples=len(test),
+                       skipped_train_images=report["skipped_train_images"])
+        write_json_atomic(run.path / "test_metrics.json", summary)
+        run.log({"kind": "test", "step": report["steps"], **{k: v for k, v in summary.items()
+                                                             if isinstance(v, (int, float))}})
 
 
 def _need_prompts(bundle) -> str:
@@ -291,16 +338,34 @@ def _need_prompts(bundle) -> str:
                     hint="pass --prompts my_prompts.yaml with one class per label")
 
 
+@dataclass
+class ScoredSamples:
+    """What :func:`predict_scores` scored: ``scores`` (n, C) row-aligned with ``samples`` (the
+    readable ones, in the given order); ``skipped`` the ids of the unreadable ones left out."""
+
+    scores: np.ndarray
+    samples: list
+    skipped: list[str]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
 def predict_scores(model: ClefModel, samples, extras: dict, task: str, batch_size: int = 128,
-                   progress: bool = False) -> np.ndarray:
-    """Class scores (N, C) in [0, 1]: softmax over names (FER) or sigmoid per AU (AU)."""
-    from clefctl.data.records import SampleDataset
+                   progress: bool = False) -> ScoredSamples:
+    """Class scores in [0, 1] of the readable ``samples``: softmax over names (FER) or sigmoid
+    per AU (AU). An unreadable image is left out and its id listed in ``.skipped``, never scored
+    with another image's prediction; row i of ``.scores`` belongs to ``.samples[i]``."""
+    from clefctl.data.records import encode_readable
     from clefctl.data.transforms import transforms_for
 
-    ds = SampleDataset(samples, transforms_for(model, train=False), classes_count=0, task=task)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
-    feats = torch.cat([model.encode_images(b["image"]) for b in loader]) if len(ds) else torch.zeros(0, 1)
-    return scores_from_features(feats, extras, task, float(model.logit_scale.detach()))
+    samples = list(samples)
+    feats, kept, bad = encode_readable(model.encode_images, samples, transforms_for(model, train=False),
+                                       batch_size)
+    if feats is None:
+        feats = torch.zeros(0, model.embed_dim)
+    scores = scores_from_features(feats, extras, task, float(model.logit_scale.detach()))
+    return ScoredSamples(scores, [samples[i] for i in kept], [samples[i].id for i in bad])
 
 
 def scores_from_features(feats: torch.Tensor, extras: dict, task: str, logit_scale: float) -> np.ndarray:
@@ -313,18 +378,38 @@ def scores_from_features(feats: torch.Tensor, extras: dict, task: str, logit_sca
     return probs.numpy()
 
 
-def quick_metrics(samples, scores: np.ndarray, task: str, classes: list[str]) -> dict:
-    """Accuracy (FER) or mean F1 at 0.5 over coded entries (AU), in percent."""
+def quick_metrics(samples, scores, task: str, classes: list[str]) -> dict:
+    """Accuracy (FER) or mean F1 at 0.5 over coded entries (AU), in percent.
+
+    ``scores`` is :func:`predict_scores`' result (its rows belong to its readable samples, a
+    subset of ``samples``) or an (N, C) array row-aligned with ``samples``. The summary has
+    ``n_samples`` (the images scored), ``skipped`` (unreadable ones left out) and ``skipped_ids``;
+    the metrics are None when no image could be read.
+    """
     from sklearn.metrics import f1_score
 
+    skipped: list[str] = []
+    if isinstance(scores, ScoredSamples):
+        given = {s.id for s in samples}
+        if any(s.id not in given for s in scores.samples):
+            raise ValueError("the scored samples are not among the samples given")
+        samples, skipped, scores = scores.samples, scores.skipped, scores.scores
+    samples = list(samples)
+    if len(samples) != len(scores):
+        raise ValueError(f"{len(scores)} score rows for {len(samples)} samples")
+    counts = {"n_samples": len(samples), "skipped": len(skipped), "skipped_ids": list(skipped)}
+    if not samples:  # nothing readable: no metric rather than a made-up one
+        return {"accuracy": None, "macro_f1": None, **counts} if task == "fer" else \
+            {"mean_f1": None, "f1": {}, **counts}
     if task == "fer":
         y = np.array([s.label for s in samples])
         pred = scores.argmax(1)
         return {"accuracy": float((pred == y).mean() * 100),
-                "macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(len(classes)))) * 100)}
+                "macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(len(classes)))) * 100),
+                **counts}
     y = np.stack([s.aus for s in samples])
     m = np.stack([s.au_mask if s.au_mask is not None else np.ones_like(s.aus) for s in samples])
     pred = (scores > 0.5).astype(int)
     f1s = {c: float(f1_score(y[m[:, j] > 0, j], pred[m[:, j] > 0, j], zero_division=0) * 100)
            for j, c in enumerate(classes)}
-    return {"mean_f1": float(np.mean(list(f1s.values()))), "f1": f1s}
+    return {"mean_f1": float(np.mean(list(f1s.values()))), "f1": f1s, **counts}

@@ -5,11 +5,13 @@ video frame becomes one CSV row with OpenFace-style AU columns (``AU12_c`` occur
 ``AU12_p`` its probability), expression probabilities (``p_happiness`` ...) and the predicted
 expression, the face box and a ``no_face`` flag. A video also gets a timeline PNG of the AU
 probabilities. Models: the newest fine-tuned AU run and the newest FER run of the workspace, or
-the checkpoints given.
+the checkpoints given. An input that cannot be decoded (an image, or a video that does not open
+or yields no frame) gets no row: it is skipped, counted and listed in the summary.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +41,10 @@ class Predictor:
     classes: list[str]
 
     @classmethod
-    def load(cls, checkpoint: str | Path, device=None) -> "Predictor":
+    def load(cls, checkpoint: str | Path, device=None, trust_checkpoint: bool = False) -> "Predictor":
         from clefctl.model import create
 
-        model = create(weights=str(checkpoint), device=device)
+        model = create(weights=str(checkpoint), device=device, trust_checkpoint=trust_checkpoint)
         if model.meta.get("stage") != "finetune":
             raise ClefError("not a fine-tuned clefctl checkpoint", path=checkpoint,
                             hint="use the model.pt of a `clefctl finetune` run")
@@ -59,26 +61,47 @@ class Predictor:
 
 
 def _units(inputs: list[str], every: int, max_frames: int | None):
-    """Yield (source, frame, timestamp, rgb or None) for images and sampled video frames."""
+    """Yield (source, frame, timestamp, rgb) for images and sampled video frames; rgb is None
+    (once per file) for an unreadable image or a video that does not open or has no frame."""
+    import cv2
+
     from clefctl.data.faces import expand_inputs, is_video, iter_video_frames, read_image
 
     for path in expand_inputs(inputs):
-        if is_video(path):
-            for idx, ts, rgb in iter_video_frames(path, every=every, max_frames=max_frames):
-                yield str(path), idx, ts, rgb
-        else:
+        if not is_video(path):
             yield str(path), 0, None, read_image(path)
+            continue
+        frames = 0
+        try:
+            for idx, ts, rgb in iter_video_frames(path, every=every, max_frames=max_frames):
+                frames += 1
+                yield str(path), idx, ts, rgb
+        except (ClefError, cv2.error) as exc:  # corrupt or unsupported: skip this file, not the job
+            if frames:
+                warnings.warn(f"{path}: video unreadable after {frames} frames ({exc}); its "
+                              "remaining frames are skipped", stacklevel=2)
+        if not frames:
+            yield str(path), 0, None, None
 
 
 def predict(inputs: list[str], out_csv: str | Path, au_checkpoint: str | None = None,
             fer_checkpoint: str | None = None, workspace: str | None = None, every: int = 1,
-            max_frames: int | None = None, batch_size: int = 32, device=None, progress: bool = True) -> dict:
-    """Write the predictions CSV (and a timeline PNG per video); return a summary."""
+            max_frames: int | None = None, batch_size: int = 32, device=None, progress: bool = True,
+            trust_checkpoint: bool = False) -> dict:
+    """Write the predictions CSV (and a timeline PNG per video); return a summary.
+
+    Unreadable inputs get no row; the summary counts them (``skipped``) and lists them
+    (``unreadable``). ``trust_checkpoint`` allows full unpickling of the checkpoints given.
+    """
     import pandas as pd
 
     from clefctl.data.faces import FaceCropper
     from clefctl.paths import atomic_path
 
+    if every < 1:
+        raise ClefError(f"--every must be >= 1, got {every}")
+    if max_frames is not None and max_frames < 1:
+        raise ClefError(f"--max-frames must be >= 1, got {max_frames}")
     ws = Workspace(workspace)
     predictors = []
     for task, given in (("au", au_checkpoint), ("fer", fer_checkpoint)):
@@ -87,7 +110,7 @@ def predict(inputs: list[str], out_csv: str | Path, au_checkpoint: str | None = 
             run = newest_run_for_task(ws, task)
             ck = str(run.model_path) if run else None
         if ck is not None:
-            predictors.append(Predictor.load(ck, device))
+            predictors.append(Predictor.load(ck, device, trust_checkpoint))
     if not predictors:
         raise ClefError(f"no fine-tuned AU or expression model in workspace {ws.root}",
                         hint="run `clefctl finetune` first, or pass --au-checkpoint / --fer-checkpoint")
@@ -139,7 +162,7 @@ def predict(inputs: list[str], out_csv: str | Path, au_checkpoint: str | None = 
                     f"{out_csv.stem}_{Path(source).stem}_timeline.png"))))
     return {"csv": str(out_csv), "rows": len(frame), "faces": int((frame["no_face"] == 0).sum()) if len(frame) else 0,
             "no_face": frame.loc[frame["no_face"] == 1, "source"].tolist() if len(frame) else [],
-            "unreadable": unreadable, "timelines": timelines,
+            "skipped": len(unreadable), "unreadable": unreadable, "timelines": timelines,
             "models": {p.task: p.model.fingerprint for p in predictors}}
 
 

@@ -16,6 +16,14 @@ def _aus(value: str | None):
     return tuple(a.strip() for a in value.split(",") if a.strip())
 
 
+def _check_texts(texts) -> None:
+    from clefctl.errors import ClefError
+
+    if any(not t.strip() for t in texts):
+        raise ClefError("--text is empty: give the text to explain the image against",
+                        hint="e.g. --text 'a photo of a person with lip corner puller.'")
+
+
 def _num(x: float):
     return None if isinstance(x, float) and math.isnan(x) else x
 
@@ -61,7 +69,8 @@ def explain(image, texts, classes, max_descriptions, prompts, checkpoint, arch, 
 
     Writes a PNG with the face, one heatmap per text (jet: blue low, red high) and the text with
     each token shaded green by its relevance. IMAGE is a file (large photos are face-cropped
-    first) or, with --store, an image id from `clefctl query` results. With --pointing, measures
+    first; without a face the whole photo is used, with a warning) or, with --store, an image id
+    from `clefctl query` results. With --pointing, measures
     how often the hottest patch of an AU's label-name map falls on that AU's face region on
     synthetic-au faces, and the share of relevancy inside the region, each against its chance level.
 
@@ -76,6 +85,7 @@ def explain(image, texts, classes, max_descriptions, prompts, checkpoint, arch, 
     from clefctl.errors import ClefError
 
     console = Console()
+    _check_texts(texts)
     loaded = ex.load_model(checkpoint, workspace, arch, device, trust_checkpoint)
     if loaded.warning:
         Console(stderr=True).print(f"[yellow]warning[/yellow]: {loaded.warning}", highlight=False)
@@ -127,12 +137,15 @@ def explain(image, texts, classes, max_descriptions, prompts, checkpoint, arch, 
                             hint="pass --text '...', or --classes with a fine-tuned --checkpoint or --prompts")
         panels = ex.class_panels(prompt_set, 0)
     face = ex.load_face(image, model.image_size, crop, store)
+    if face.warning:
+        Console(stderr=True).print(f"[yellow]warning[/yellow]: {face.warning}", highlight=False, soft_wrap=True)
     rels = ex.relevancy_many(model, face.image, [t for _, t in panels], start_layer=start_layer)
     title = f"{face.source}{' (face crop)' if face.cropped else ''} - {loaded.source}"
     png = ex.render(face.image, [(name, r) for (name, _), r in zip(panels, rels)], out, title=title)
     if as_json:
         click.echo(json.dumps({"png": str(png), "image": face.source, "cropped": face.cropped,
-                               "box": list(face.box) if face.box else None, "model": loaded.source,
+                               "face": face.face, "box": list(face.box) if face.box else None,
+                               "model": loaded.source,
                                "fingerprint": model.fingerprint,
                                "panels": [{"title": name, **r.to_dict()} for (name, _), r in zip(panels, rels)]},
                               indent=2))

@@ -12,6 +12,7 @@ Adapters are imported only when a data set is loaded, so importing this package 
 from __future__ import annotations
 
 import importlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,17 +127,24 @@ def load_dataset(name: str, root: str | Path | None = None,
     ``root`` overrides the conventional folder ``<data root>/<folder>``; ``opts`` go to
     the adapter (e.g. ``aus=[1, 2]``, ``mode="pretrain"``, ``max_frames=480000``,
     ``classes=[...]`` for a manifest). For the synthetic sets, options the adapter does
-    not take are passed to ``clefctl.data.synthetic.ensure`` (size options).
+    not take are passed to ``clefctl.data.synthetic.ensure`` (size options). Images the
+    label files list but the disk lacks are left out with a warning ("5 listed images missing
+    on disk (first: ...)"); ``bundle.missing`` lists them.
     """
     spec = get_spec(name)
     if spec.name.startswith("synthetic-"):
-        return _load_synthetic(spec, root, opts)
-    if root is None:
-        root = expected_folder(spec.name, data_root)
-    if root is None:
-        return _call(spec.loader, None, **opts)
-    merged = {**spec.opts, **opts}
-    return _call(spec.loader, Path(root).expanduser(), **merged)
+        bundle = _load_synthetic(spec, root, opts)
+    else:
+        if root is None:
+            root = expected_folder(spec.name, data_root)
+        if root is None:
+            bundle = _call(spec.loader, None, **opts)
+        else:
+            bundle = _call(spec.loader, Path(root).expanduser(), **{**spec.opts, **opts})
+    note = bundle.missing_note()
+    if note:  # one line on stderr through the CLI; the paths are in bundle.missing
+        warnings.warn(note, stacklevel=2)
+    return bundle
 
 
 def _load_synthetic(spec: DatasetSpec, root, opts: dict):

@@ -13,7 +13,7 @@ cropped by it when opened. Expression codes: 0 neutral, 1 happy, 2 sad, 3 surpri
 (none, uncertain, no face) are never classes. Class index = code; class names are the
 ids of the shipped prompt sets (neutral, happiness, sadness, surprise, fear, disgust,
 anger, contempt). Left-out rows are counted in ``bundle.dropped``; images missing on
-disk in ``bundle.skipped``.
+disk are counted in ``bundle.skipped`` and listed in ``bundle.missing``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import csv
 import os
 from pathlib import Path
 
-from clefctl.data.records import DatasetBundle, Sample, require_file, require_root
+from clefctl.data.records import DatasetBundle, Sample, open_text, require_file, require_root
 from clefctl.errors import ClefError
 
 AFFECTNET_CLASSES = ["neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger",
@@ -49,19 +49,21 @@ def load(root: Path, *, classes: int = 7, name: str | None = None,
         raise ClefError(f"AffectNet image folder not found (expected {_LAYOUT})", path=image_dir)
     listing: dict[str, set[str]] = {}
     samples: list[Sample] = []
-    skipped = dropped = 0
+    missing: list[str] = []
+    dropped = 0
     for file_name, split in (("training.csv", "train"), ("validation.csv", "test")):
         path = require_file(root / LIST_DIR / file_name, "AffectNet", "label list")
         s, k, d = _read_list(path, split, classes, image_dir, listing)
         samples += s
-        skipped += k
+        missing += k
         dropped += d
     if not samples:
-        raise ClefError(f"no AffectNet images found under {IMAGE_DIR}/ ({skipped} listed "
+        raise ClefError(f"no AffectNet images found under {IMAGE_DIR}/ ({len(missing)} listed "
                         f"images missing)", path=root)
     return DatasetBundle(name=name, task="fer", classes=AFFECTNET_CLASSES[:classes],
                          samples=samples, root=root, prompts=prompts, activities=[],
-                         canonical_folds=None, skipped=skipped, dropped=dropped)
+                         canonical_folds=None, skipped=len(missing), dropped=dropped,
+                         missing=missing)
 
 
 def _exists(image_dir: Path, rel: str, listing: dict[str, set[str]]) -> bool:
@@ -78,10 +80,12 @@ def _exists(image_dir: Path, rel: str, listing: dict[str, set[str]]) -> bool:
 
 
 def _read_list(path: Path, split: str, classes: int, image_dir: Path,
-               listing: dict[str, set[str]]) -> tuple[list[Sample], int, int]:
+               listing: dict[str, set[str]]) -> tuple[list[Sample], list[str], int]:
+    """(samples, paths listed but missing on disk, rows dropped by the class rule)."""
     samples: list[Sample] = []
-    skipped = dropped = 0
-    with open(path, newline="", encoding="utf-8-sig") as fh:
+    missing: list[str] = []
+    dropped = 0
+    with open_text(path) as fh:
         reader = csv.reader(fh)
         try:
             header = [h.strip() for h in next(reader)]
@@ -110,8 +114,8 @@ def _read_list(path: Path, split: str, classes: int, image_dir: Path,
                 dropped += 1
                 continue
             if not _exists(image_dir, rel, listing):
-                skipped += 1
+                missing.append(str(image_dir / rel))
                 continue
             samples.append(Sample(id=rel, subject=rel, path=str(image_dir / rel), split=split,
                                   label=code, box=box))
-    return samples, skipped, dropped
+    return samples, missing, dropped

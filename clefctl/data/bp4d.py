@@ -9,7 +9,7 @@ Layout (both data sets)::
 ``mode="au"`` (default) gives one sample per coded frame with ``aus``/``au_mask`` for the
 chosen AUs; a 9 (or an empty cell) sets ``au_mask`` to 0 for that AU, and a frame with
 none of the chosen AUs coded is left out. Frames listed in a CSV but missing on disk are
-skipped and counted in ``bundle.skipped``.
+skipped, counted in ``bundle.skipped`` and listed in ``bundle.missing``.
 
 ``mode="pretrain"`` lists every frame under ``{subject}/{task}/`` with only its task
 (``task="activity"``, no labels); ``max_frames`` keeps at most that many, split equally
@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from clefctl.data.records import (DatasetBundle, Sample, list_frames, natural_task_key,
-                                  parse_aus, require_root)
+                                  open_text, parse_aus, require_root)
 from clefctl.errors import ClefError
 
 LITERATURE_AUS = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
@@ -100,7 +100,7 @@ def _load_au(root: Path, aus: list[int], task_filter: set[str] | None, name: str
         raise ClefError(f"no {{subject}}_{{task}}.csv label files in the {label} AU folder",
                         path=occ)
     samples: list[Sample] = []
-    skipped = 0
+    missing: list[str] = []
     tasks_seen: set[str] = set()
     for path in csv_files:
         if "_" not in path.stem:
@@ -114,25 +114,26 @@ def _load_au(root: Path, aus: list[int], task_filter: set[str] | None, name: str
         for frame, codes, mask in rows:
             img = frames.get(frame)
             if img is None:
-                skipped += 1
+                missing.append(f"{root / subject / task} frame {frame}")
                 continue
             samples.append(Sample(id=f"{subject}/{task}/{frame}", subject=subject,
                                   path=str(img), activity=task, frame=frame,
                                   aus=codes, au_mask=mask))
             tasks_seen.add(task)
     if not samples:
-        raise ClefError(f"no {label} frames found: the label files list {skipped} frames but "
+        raise ClefError(f"no {label} frames found: the label files list {len(missing)} frames but "
                         f"none exists as {{subject}}/{{task}}/{{frame}}.jpg under the folder",
                         path=root)
     return DatasetBundle(name=name, task="au", classes=[f"AU{a}" for a in aus],
                          samples=samples, root=root, prompts=prompts,
                          activities=sorted(tasks_seen, key=natural_task_key),
-                         canonical_folds=canonical_folds, skipped=skipped)
+                         canonical_folds=canonical_folds, skipped=len(missing),
+                         missing=missing)
 
 
 def _read_occ_csv(path: Path, aus: list[int]) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """Parse one AU_OCC file -> [(frame, aus float32 (C,), mask float32 (C,))]."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
+    with open_text(path) as fh:
         reader = csv.reader(fh)
         try:
             header = _trim(next(reader))

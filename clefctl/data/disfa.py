@@ -8,7 +8,7 @@ Layout::
 
 An AU is positive when its intensity is >= 2. A frame missing from one AU's file is
 "not coded" for that AU (``au_mask`` 0). Frames listed in the labels but missing on disk
-are skipped and counted in ``bundle.skipped``.
+are skipped, counted in ``bundle.skipped`` and listed in ``bundle.missing``.
 
 Canonical folds (datasets.md) follow the BP4D convention: fold 1 tests on part 3,
 fold 2 on part 2, fold 3 on part 1; each fold trains on the other two parts.
@@ -21,7 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from clefctl.data.records import DatasetBundle, Sample, list_frames, parse_aus, require_root
+from clefctl.data.records import (DatasetBundle, Sample, list_frames, open_text, parse_aus,
+                                  require_root)
 from clefctl.errors import ClefError
 
 DISFA_AUS = (1, 2, 4, 6, 9, 12, 25, 26)
@@ -51,7 +52,7 @@ def load(root: Path, *, aus: Sequence | str | None = None, name: str = "disfa",
         raise ClefError("no subject folders (SN001, ...) in the DISFA label folder",
                         path=labels)
     samples: list[Sample] = []
-    skipped = 0
+    missing: list[str] = []
     for subject in subjects:
         per_au = [_read_au_file(labels / subject / f"{subject}_au{au}.txt") for au in au_list]
         frames_on_disk = list_frames(root / subject)
@@ -59,7 +60,7 @@ def load(root: Path, *, aus: Sequence | str | None = None, name: str = "disfa",
         for frame in all_frames:
             img = frames_on_disk.get(frame)
             if img is None:
-                skipped += 1
+                missing.append(f"{root / subject} frame {frame}")
                 continue
             codes = np.zeros(len(au_list), dtype=np.float32)
             mask = np.zeros(len(au_list), dtype=np.float32)
@@ -70,13 +71,13 @@ def load(root: Path, *, aus: Sequence | str | None = None, name: str = "disfa",
             samples.append(Sample(id=f"{subject}/{frame}", subject=subject, path=str(img),
                                   frame=frame, aus=codes, au_mask=mask))
     if not samples:
-        raise ClefError(f"no DISFA frames found: the labels list {skipped} frames but none "
+        raise ClefError(f"no DISFA frames found: the labels list {len(missing)} frames but none "
                         f"exists as {{subject}}/{{frame}}.png under the folder", path=root)
     return DatasetBundle(name=name, task="au", classes=[f"AU{a}" for a in au_list],
                          samples=samples, root=root, prompts=prompts, activities=[],
                          canonical_folds=([list(f) for f in DISFA_CANONICAL_FOLDS]
                                           if use_canonical else None),
-                         skipped=skipped)
+                         skipped=len(missing), missing=missing)
 
 
 def _read_au_file(path: Path) -> dict[int, int]:
@@ -85,7 +86,7 @@ def _read_au_file(path: Path) -> dict[int, int]:
         raise ClefError("DISFA AU label file not found (each subject needs one file per "
                         "chosen AU; choose other AUs with aus=...)", path=path)
     out: dict[int, int] = {}
-    with open(path, encoding="utf-8-sig") as fh:
+    with open_text(path) as fh:
         for line_no, line in enumerate(fh, start=1):
             text = line.strip()
             if not text:

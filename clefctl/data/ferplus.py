@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clefctl.data.records import DatasetBundle, Sample, require_file, require_root
+from clefctl.data.records import DatasetBundle, Sample, open_text, require_file, require_root
 from clefctl.errors import ClefError
 
 FERPLUS_CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
@@ -91,7 +91,7 @@ def _usage(value: str, path: Path, line: int) -> str:
 
 def _read_pixels(path: Path) -> list[tuple[int, str, np.ndarray]]:
     out = []
-    with open(path, newline="", encoding="utf-8-sig") as fh:
+    with open_text(path) as fh:
         reader = csv.reader(fh)
         try:
             header = [h.strip() for h in next(reader)]
@@ -122,7 +122,7 @@ def _read_pixels(path: Path) -> list[tuple[int, str, np.ndarray]]:
 
 def _read_votes(path: Path) -> list[tuple[int, str, list[float]]]:
     out = []
-    with open(path, newline="", encoding="utf-8-sig") as fh:
+    with open_text(path) as fh:
         reader = csv.reader(fh)
         try:
             header = [h.strip() for h in next(reader)]

@@ -10,7 +10,9 @@ Columns: ``path`` (relative to the CSV's folder, or absolute), ``subject``, opti
 
 Without label or AU columns but with ``activity`` the set is an activity (pre-training)
 set. An empty subject makes the image its own subject. Images missing on disk are
-skipped and counted. The prompt set is "" (the user passes --prompts).
+skipped, counted in ``bundle.skipped`` and listed in ``bundle.missing``. The CSV is UTF-8
+(or UTF-16 with a byte-order mark; see :func:`clefctl.data.records.open_text`). The prompt
+set is "" (the user passes --prompts).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from clefctl.data.records import DatasetBundle, Sample, natural_task_key
+from clefctl.data.records import DatasetBundle, Sample, natural_task_key, open_text
 from clefctl.errors import ClefError
 
 _AU_COLUMN = re.compile(r"^AU(\d+)$", re.IGNORECASE)
@@ -41,7 +43,7 @@ def load(root: Path, *, classes: Sequence[str] | None = None, name: str = "manif
                         "path, subject, [activity], [split], label or AU1, AU2, ...)",
                         path=csv_path)
     base = csv_path.parent
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+    with open_text(csv_path) as fh:
         rows = list(csv.reader(fh))
     if not rows:
         raise ClefError("empty manifest (expected a header row)", path=csv_path, line=1)
@@ -53,23 +55,11 @@ def load(root: Path, *, classes: Sequence[str] | None = None, name: str = "manif
     col = {h: i for i, h in enumerate(header)}
     au_cols = sorted(((int(m.group(1)), i) for i, h in enumerate(header)
                       if (m := _AU_COLUMN.match(h))), key=lambda t: t[0])
-    has_label = "label" in col
-    if has_label and au_cols:
-        raise ClefError("the manifest has both a label column and AU columns; keep one",
-                        path=csv_path, line=1)
-    if has_label:
-        task = "fer"
-    elif au_cols:
-        task = "au"
-    elif "activity" in col:
-        task = "activity"
-    else:
-        raise ClefError("no label column, AU columns (AU1, AU12, ...) or activity column",
-                        path=csv_path, line=1)
+    task = _task_of(col, au_cols, csv_path)
 
     samples: list[Sample] = []
     raw_labels: list[tuple[int, str]] = []
-    skipped = 0
+    missing: list[str] = []
     seen: set[str] = set()
     for line_no, row in enumerate(rows[1:], start=2):
         if not row or all(not c.strip() for c in row):
@@ -113,7 +103,7 @@ def load(root: Path, *, classes: Sequence[str] | None = None, name: str = "manif
         path = Path(rel).expanduser()
         path = path if path.is_absolute() else base / path
         if not path.is_file():
-            skipped += 1
+            missing.append(str(path))
             if task == "fer":
                 raw_labels.pop()
             continue
@@ -126,12 +116,28 @@ def load(root: Path, *, classes: Sequence[str] | None = None, name: str = "manif
     elif task == "au":
         class_names = [f"AU{au}" for au, _ in au_cols]
     if not samples:
-        raise ClefError(f"none of the images listed in the manifest exists ({skipped} missing; "
+        raise ClefError(f"none of the images listed in the manifest exists ({len(missing)} missing, "
+                        f"first: {missing[0] if missing else '-'}; "
                         f"relative paths are read from {base})", path=csv_path)
     activities = sorted({s.activity for s in samples if s.activity}, key=natural_task_key)
     return DatasetBundle(name=name, task=task, classes=class_names, samples=samples,
                          root=csv_path, prompts=prompts, activities=activities,
-                         canonical_folds=None, skipped=skipped)
+                         canonical_folds=None, skipped=len(missing), missing=missing)
+
+
+def _task_of(col: dict[str, int], au_cols: list, csv_path: Path) -> str:
+    """fer (a label column), au (AU columns) or activity (only an activity column)."""
+    if "label" in col and au_cols:
+        raise ClefError("the manifest has both a label column and AU columns; keep one",
+                        path=csv_path, line=1)
+    if "label" in col:
+        return "fer"
+    if au_cols:
+        return "au"
+    if "activity" in col:
+        return "activity"
+    raise ClefError("no label column, AU columns (AU1, AU12, ...) or activity column",
+                    path=csv_path, line=1)
 
 
 def _assign_labels(samples: list[Sample], raw: list[tuple[int, str]],

@@ -7,14 +7,15 @@ Layout::
 
 Labels 1-7 are surprise, fear, disgust, happiness, sadness, anger, neutral; the class
 index is label - 1. The split comes from the name prefix (``train_`` / ``test_``). Each
-image is its own subject. Images missing on disk are skipped and counted.
+image is its own subject. Images missing on disk are skipped, counted in ``bundle.skipped``
+and listed in ``bundle.missing``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from clefctl.data.records import DatasetBundle, Sample, require_file, require_root
+from clefctl.data.records import DatasetBundle, Sample, open_text, require_file, require_root
 from clefctl.errors import ClefError
 
 RAFDB_CLASSES = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
@@ -33,9 +34,9 @@ def load(root: Path, *, name: str = "rafdb", prompts: str = "rafdb",
                         path=image_dir)
     present = {p.name for p in image_dir.iterdir()}
     samples: list[Sample] = []
-    skipped = 0
+    missing: list[str] = []
     seen: set[str] = set()
-    with open(label_file, encoding="utf-8-sig") as fh:
+    with open_text(label_file) as fh:
         for line_no, line in enumerate(fh, start=1):
             text = line.strip()
             if not text:
@@ -65,13 +66,13 @@ def load(root: Path, *, name: str = "rafdb", prompts: str = "rafdb",
             seen.add(stem)
             img_name = f"{stem}_aligned.jpg"
             if img_name not in present:
-                skipped += 1
+                missing.append(str(image_dir / img_name))
                 continue
             samples.append(Sample(id=stem, subject=stem, path=str(image_dir / img_name),
                                   split=split, label=value - 1))
     if not samples:
-        raise ClefError(f"no {label} images found: the label list names {skipped} images but "
+        raise ClefError(f"no {label} images found: the label list names {len(missing)} images but "
                         f"none exists as Image/aligned/{{stem}}_aligned.jpg", path=root)
     return DatasetBundle(name=name, task="fer", classes=list(RAFDB_CLASSES), samples=samples,
                          root=root, prompts=prompts, activities=[], canonical_folds=None,
-                         skipped=skipped)
+                         skipped=len(missing), missing=missing)

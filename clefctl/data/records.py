@@ -2,26 +2,32 @@
 
 Owns the :class:`Sample` and :class:`DatasetBundle` contracts (docs/architecture.md),
 :func:`open_image` (path or in-memory pixels -> RGB PIL, cropped by the face box) and
-:class:`SampleDataset`, which never raises mid-epoch on a bad image: it serves the next
-readable sample instead and counts the unreadable ones in ``.skipped``.
+:class:`SampleDataset`, which never raises mid-epoch on a bad image. Its policy says what
+happens to one: ``"substitute"`` (training, the default) serves the next readable sample
+instead and counts the unreadable ones in ``.skipped``; ``"mark"`` (evaluation, inference)
+never substitutes: :func:`collate` leaves the item out and lists its index in the batch's
+``"unreadable"``. :func:`encode_readable` encodes samples that way for scoring.
 
-The bottom section holds small helpers shared by the adapters (root checks, numeric
-frame listing, AU id parsing).
+The bottom section holds small helpers shared by the adapters (root checks, reading list
+files as text (:func:`open_text`), numeric frame listing, AU id parsing).
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import io
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from clefctl.errors import ClefError
 
@@ -55,9 +61,19 @@ class DatasetBundle:
     canonical_folds: list[list[str]] | None  # test subjects of fold 1..k when canonical, else None
     skipped: int = 0               # unreadable items skipped while loading (e.g. missing frames)
     dropped: int = 0               # items left out by a labelling rule (AffectNet 8-10, FERPlus NF)
+    missing: list[str] = field(default_factory=list)  # listed in a label file, missing on disk
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def missing_note(self) -> str | None:
+        """One line about the listed-but-missing images ("5 listed images missing on disk
+        (first: ...)"), or None when there are none."""
+        if not self.missing:
+            return None
+        n = len(self.missing)
+        return (f"{self.name}: {n} listed image{'s' if n != 1 else ''} missing on disk, left out "
+                f"(first: {self.missing[0]})")
 
     @property
     def subjects(self) -> list[str]:
@@ -111,6 +127,9 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
+UNREADABLE_POLICIES = ("substitute", "mark")
+
+
 class SampleDataset(Dataset):
     """Torch view of a list of samples.
 
@@ -123,20 +142,28 @@ class SampleDataset(Dataset):
     always present so the default collate works (tuples of views collate to lists of
     batched tensors): ``label`` is -1 without a FER label, ``aus``/``au_mask`` are zeros
     without AU codes, ``activity`` is -1 without an activity. ``index`` is the index of
-    the sample actually served. An image that fails to open is replaced by the next
-    readable one (wrapping around); it is counted once in ``.skipped`` and warned about
-    once per dataset. With worker processes each worker keeps its own count.
+    the sample actually served.
+
+    ``unreadable`` is the policy for an image that fails to open. ``"substitute"`` (training):
+    the next readable one is served instead (wrapping around). ``"mark"`` (evaluation and
+    inference, where a substitute would score one image under another's id): the item is
+    ``{"index": i, "unreadable": True}`` and :func:`collate` leaves it out of the batch. Either
+    way it is counted once in ``.skipped`` and warned about once per dataset. With worker
+    processes each worker keeps its own count (the batches' ``"unreadable"`` lists do not).
     """
 
     def __init__(self, samples: Sequence[Sample], transform: Callable | None = None,
                  classes_count: int = 0, task: str = "au",
-                 activities: Sequence[str] | None = None):
+                 activities: Sequence[str] | None = None, unreadable: str = "substitute"):
         if task not in ("au", "fer", "activity"):
             raise ClefError(f"unknown task {task!r}: expected au, fer or activity")
+        if unreadable not in UNREADABLE_POLICIES:
+            raise ValueError(f"unreadable={unreadable!r}: expected one of {UNREADABLE_POLICIES}")
         self.samples = list(samples)
         self.transform = transform
         self.classes_count = int(classes_count)
         self.task = task
+        self.unreadable = unreadable
         if activities is None:
             activities = sorted({s.activity for s in self.samples if s.activity})
         self.activities = list(activities)
@@ -156,25 +183,33 @@ class SampleDataset(Dataset):
         if not self._warned:
             self._warned = True
             s = self.samples[index]
-            warnings.warn(f"unreadable image skipped ({s.path or s.id}: {exc}); further "
-                          f"unreadable images are skipped quietly and counted in .skipped",
+            what = "skipped" if self.unreadable == "substitute" else "left out"
+            warnings.warn(f"unreadable image {what} ({s.path or s.id}: {exc}); further "
+                          f"unreadable images are {what} quietly and counted",
                           RuntimeWarning, stacklevel=3)
+
+    def _open(self, j: int) -> Image.Image | None:
+        if j in self._bad:
+            return None
+        try:
+            return open_image(self.samples[j])
+        except Exception as exc:  # noqa: BLE001 - any decode failure is skipped, counted
+            self._mark_bad(j, exc)
+            return None
 
     def __getitem__(self, index: int) -> dict:
         n = len(self.samples)
         if n == 0:
             raise IndexError("empty SampleDataset")
         index = int(index) % n
+        if self.unreadable == "mark":
+            img = self._open(index)
+            return {"index": index, "unreadable": True} if img is None else self._item(index, img)
         for step in range(n):
             j = (index + step) % n
-            if j in self._bad:
-                continue
-            try:
-                img = open_image(self.samples[j])
-            except Exception as exc:  # noqa: BLE001 - any decode failure is skipped, counted
-                self._mark_bad(j, exc)
-                continue
-            return self._item(j, img)
+            img = self._open(j)
+            if img is not None:
+                return self._item(j, img)
         raise ClefError(f"none of the {n} images in this data set could be read "
                         f"(first: {self.samples[0].path or self.samples[0].id})")
 
@@ -200,11 +235,47 @@ class SampleDataset(Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    """Default collate, with a tuple of views returned as a tuple of (B, ...) tensors."""
-    batch = default_collate(items)
+    """Default collate, with a tuple of views returned as a tuple of (B, ...) tensors.
+
+    Items marked unreadable (``SampleDataset(unreadable="mark")``) are left out; then the
+    batch has ``"unreadable"``, the list of their indices, and when every item was unreadable
+    it holds only that and an empty ``"index"``.
+    """
+    good = [it for it in items if not it.get("unreadable")]
+    if len(good) == len(items):
+        batch = default_collate(items)
+    elif good:
+        batch = default_collate(good)
+    else:
+        batch = {"index": torch.zeros(0, dtype=torch.long)}
+    if len(good) < len(items):
+        batch["unreadable"] = [int(it["index"]) for it in items if it.get("unreadable")]
     if isinstance(batch.get("image"), list):
         batch["image"] = tuple(batch["image"])
     return batch
+
+
+def encode_readable(encode: Callable[[torch.Tensor], torch.Tensor], samples: Sequence[Sample],
+                    transform: Callable | None, batch_size: int = 128,
+                    num_workers: int = 0) -> tuple[torch.Tensor | None, list[int], list[int]]:
+    """Encode the readable ``samples`` in order for evaluation or inference, never substituting.
+
+    ``encode`` maps a (B, 3, H, W) batch to (B, D) features. Returns ``(features, kept,
+    unreadable)``: features (len(kept), D) (None when nothing was readable), ``kept`` the
+    positions in ``samples`` of the feature rows, ``unreadable`` the positions left out.
+    """
+    ds = SampleDataset(samples, transform, classes_count=0, task="fer", unreadable="mark")
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate)
+    feats: list[torch.Tensor] = []
+    kept: list[int] = []
+    unreadable: list[int] = []
+    for batch in loader:
+        unreadable += batch.get("unreadable", [])
+        if len(batch["index"]):
+            feats.append(encode(batch["image"]))
+            kept += batch["index"].tolist()
+    return (torch.cat(feats) if feats else None), kept, sorted(unreadable)
 
 
 # ------------------------------------------------------------------- adapter helpers
@@ -238,6 +309,70 @@ def require_file(path: Path, label: str, what: str) -> Path:
         raise ClefError(f"{label} {what} not found (is this a complete {label} copy?)",
                         path=path)
     return path
+
+
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
+         (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"),
+         (codecs.BOM_UTF16_BE, "utf-16-be"))
+_SAVE_AS_UTF8 = "save the file as UTF-8"
+
+
+def _text_encoding(head: bytes) -> tuple[str, int]:
+    """(encoding, BOM length) from a file's first bytes: its BOM's, else UTF-8."""
+    for bom, encoding in _BOMS:  # UTF-32-LE before UTF-16-LE: its BOM starts with UTF-16's
+        if head.startswith(bom):
+            return encoding, len(bom)
+    return "utf-8", 0
+
+
+@contextlib.contextmanager
+def open_text(path: Path | str) -> Iterator[Iterator[str]]:
+    """Open a label or list file (CSV or plain text) for reading, as ``open(path, newline="")``
+    would: the lines keep their ends, so ``csv.reader`` takes them too.
+
+    The text is UTF-8 (a UTF-8 BOM is dropped), or UTF-16 / UTF-32 when the file starts with
+    their byte-order mark. Anything else raises ClefError naming the file and the line of the
+    first byte that is not UTF-8 (e.g. Latin-1 or Windows-1252 text), or of the first NUL
+    (UTF-16 without a BOM), and saying to save the file as UTF-8.
+    """
+    path = Path(path)
+    with open(path, "rb") as raw:
+        encoding, skip = _text_encoding(raw.read(4))
+        raw.seek(skip)
+        text = io.TextIOWrapper(raw, encoding=encoding, errors="strict", newline="")
+        yield _checked_lines(text, path, encoding)
+
+
+def _checked_lines(text: io.TextIOWrapper, path: Path, encoding: str) -> Iterator[str]:
+    try:
+        for line in text:
+            if "\x00" in line:
+                break
+            yield line
+        else:
+            return
+    except UnicodeDecodeError:
+        pass
+    # the decoder reads ahead in chunks: find the first bad line again from the whole file
+    line_no, problem = _first_problem(path, encoding)
+    raise ClefError(problem, path=path, line=line_no, hint=_SAVE_AS_UTF8) from None
+
+
+def _first_problem(path: Path, encoding: str) -> tuple[int | None, str]:
+    """(line number, message) of the first NUL or byte that does not decode as ``encoding``."""
+    data = path.read_bytes()
+    data = data[_text_encoding(data[:4])[1]:]
+    try:
+        text = data.decode(encoding)
+        bad = None
+    except UnicodeDecodeError as exc:
+        text, bad = data[:exc.start].decode(encoding), data[exc.start:exc.start + 1]
+    if "\x00" in text:
+        return (text[:text.index("\x00")].count("\n") + 1, "the file holds NUL characters" +
+                (": it looks like UTF-16 text without a byte-order mark" if encoding == "utf-8" else ""))
+    guess = "; Latin-1 or Windows-1252 perhaps" if encoding == "utf-8" else ""
+    return (text.count("\n") + 1 if bad is not None else None,
+            f"not valid {encoding.upper()} text (byte 0x{(bad or b'').hex()} on this line{guess})")
 
 
 def frame_number(name: str) -> int | None:
