@@ -219,3 +219,36 @@ def reduce_mean(value: Tensor) -> Tensor:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= world_size()
     return value
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def worker_count(purpose: str, device: torch.device | str | None = None, items: int | None = None,
+                 requested: int | None = None) -> int:
+    """The one worker policy: how many processes a job uses when the user did not say.
+
+    ``train``: DataLoader workers per rank (CUDA: up to 8, leaving a core per rank; CPU: none on
+    small machines, where the training step itself needs every core); ``embed``: DataLoader workers
+    for inference (none on 2 cores, else half the cores, at most 8); ``generate``: a process pool for
+    CPU-bound file work (one process for fewer than 300 items, else up to 4). ``requested`` (the
+    user's ``--workers``) wins when given.
+    """
+    if requested is not None:
+        return max(0 if purpose != "generate" else 1, int(requested))
+    cpus = usable_cpus()
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if purpose == "train":
+        if dev.type == "cuda":
+            return min(8, max(1, cpus // max(1, world_size())) - 1)
+        return 0 if cpus <= 4 else min(4, cpus // 4)
+    if purpose == "embed":
+        return 0 if cpus <= 2 else min(8, cpus // 2)
+    if purpose == "generate":
+        return 1 if items is not None and items < 300 else max(1, min(4, cpus))
+    raise ValueError(f"unknown worker purpose {purpose!r}")

@@ -56,23 +56,20 @@ def _finetune_options(options: dict):
 
 
 def find_fold_run(ws: Workspace, options: dict, fold: int) -> Run | None:
-    """A finished fine-tuning run with the same settings for ``fold`` (newest first)."""
-    stage = ws.stage_dir("finetune")
-    if not stage.is_dir():
-        return None
+    """A finished fine-tuning run with the same settings for ``fold`` (the workspace's run finder:
+    LATEST when it matches, else the newest match)."""
     want = _comparable(options)
-    for path in sorted((p for p in stage.iterdir() if p.is_dir()), reverse=True):
-        run = Run(path, "finetune")
-        if not run.model_path.is_file() or not (path / "config.yaml").is_file():
-            continue
+
+    def same_settings(run: Run) -> bool:
+        if not run.model_path.is_file() or not run.finished:
+            return False
         opts = dict(run.config().get("options", {}))
-        if opts.get("folds") is None and (path / "folds.json").is_file():
+        if opts.get("folds") is None and (run.path / "folds.json").is_file():
             from clefctl.data.folds import load_folds
 
-            opts["folds"] = len(load_folds(path / "folds.json"))  # the run's effective fold count
-        if opts.get("fold") == fold and _comparable(opts) == want:
-            return run
-    return None
+            opts["folds"] = len(load_folds(run.path / "folds.json"))  # the run's effective fold count
+        return opts.get("fold") == fold and _comparable(opts) == want
+    return ws.find_run("finetune", where=same_settings)
 
 
 def _load_bundle(cfg: dict, data_root=None, dataset_root=None):
@@ -137,7 +134,7 @@ def evaluate_kfold(k: int | None = None, config: str | None = None, workspace: s
     from clefctl.finetune import run_finetune
 
     ws = Workspace(workspace)
-    ref = ws.resolve("finetune", config) if config else ws.latest("finetune")
+    ref = ws.find_run("finetune", config, where=lambda r: r.finished)
     if ref is None:
         raise ClefError(f"no fine-tuning run in workspace {ws.root}",
                         hint="run `clefctl finetune` first (or pass --config RUN)")
@@ -264,11 +261,11 @@ def evaluate_checkpoint(checkpoint: str, dataset: str | None = None, split: str 
     from clefctl.data import load_dataset
     from clefctl.data.folds import load_folds, samples_in_split
 
+    choice = Workspace(workspace).resolve_model(checkpoint, stages=("finetune",))
+    checkpoint = choice.weights
     run_dir = Path(checkpoint).parent
     ck_run = Run(run_dir, "finetune")
-    from clefctl.model import create
-
-    model = create(weights=checkpoint, device=device, trust_checkpoint=trust_checkpoint)
+    model = choice.load(device, trust_checkpoint=trust_checkpoint)
     meta = model.meta
     if meta.get("stage") != "finetune":
         raise ClefError("not a fine-tuned clefctl checkpoint (no class-name embeddings)", path=checkpoint,

@@ -742,38 +742,18 @@ def load_model(checkpoint: str | None = "latest", workspace: str | None = None, 
     reads (a clefctl checkpoint carries its architecture; other files use ``arch``, default
     ViT-B-16).
     """
-    from clefctl.model import create
     from clefctl.workspace import Workspace
 
-    ref = checkpoint or "latest"
-    random_arch = arch or "clef-tiny"
-    if ref == "random":
-        return LoadedModel(create(random_arch, None, device), f"random {random_arch}")
     ws = Workspace(workspace)
-    if ref == "latest":
-        run = ws.latest("finetune")
-        if run is None or not run.model_path.is_file():
-            warning = (f"no fine-tuned run in workspace {ws.root}: explaining a randomly initialised "
-                       f"{random_arch} (its maps show no learned facial regions); fine-tune first or "
-                       "pass --checkpoint")
-            return LoadedModel(create(random_arch, None, device), f"random {random_arch}", None, warning)
-        return LoadedModel(create(weights=str(run.model_path), device=device, trust_checkpoint=trust_checkpoint),
-                           f"finetune run {run.name}", run.path)
-    path = Path(ref).expanduser()
-    if not path.exists() and (ws.stage_dir("finetune") / ref).is_dir():
-        path = ws.stage_dir("finetune") / ref
-    if path.is_dir():
-        if not (path / "model.pt").is_file():
-            raise ClefError("run folder has no model.pt (the run did not finish)", path=path,
-                            hint="pass a finished run or a checkpoint file")
-        return LoadedModel(create(weights=str(path / "model.pt"), device=device,
-                                  trust_checkpoint=trust_checkpoint), f"run {path.name}", path)
-    if path.is_file():
-        model = create(arch or "ViT-B-16", str(path), device, trust_checkpoint=trust_checkpoint)
-        run_dir = path.parent if (path.parent / "config.yaml").is_file() else None
-        return LoadedModel(model, f"checkpoint {path}", run_dir)
-    raise ClefError(f"checkpoint {ref!r} is neither a file, a run folder nor a fine-tuning run name",
-                    hint="pass latest, random, a model.pt or a run folder")
+    choice = ws.resolve_model(checkpoint or "latest", stages=("finetune",), arch=arch, random_fallback=True)
+    model = choice.load(device, trust_checkpoint=trust_checkpoint)
+    warning = None
+    if choice.warning:
+        warning = (f"no fine-tuned run in workspace {ws.root}: explaining a randomly initialised "
+                   f"{choice.arch} (its maps show no learned facial regions); fine-tune first or "
+                   "pass --checkpoint")
+    run_dir = choice.run.path if choice.run is not None else None
+    return LoadedModel(model, choice.description, run_dir, warning)
 
 
 def prompt_set_for(model, run_dir: Path | None = None, prompts: str | None = None):

@@ -30,7 +30,7 @@ from clefctl.engine import (TrainConfig, Trainer, cache_images, check_batches, e
 from clefctl.errors import ClefError
 from clefctl.losses import (au_loss, au_loss_from_logits, fer_loss, fer_loss_from_logits, finetune_loss,
                             name_description_loss)
-from clefctl.model import ClefModel, create, save_checkpoint
+from clefctl.model import ClefModel, save_checkpoint
 from clefctl.workspace import Run, Workspace
 
 # Paper section 4.2: lr 2e-4 for BP4D, AffectNet, RAF-DB; 1e-4 for DISFA and FERPlus.
@@ -184,19 +184,17 @@ def _init_model(opts: FinetuneOptions, ws: Workspace) -> tuple[ClefModel, str, s
     """(model, description, init) with ``init`` the pre-training run actually used, by name (its folder
     when outside the workspace) instead of "latest": a resumed run starts from the same one."""
     if opts.weights:
-        return create(opts.arch, opts.weights, opts.device, seed=opts.train.seed,
-                      trust_checkpoint=opts.trust_checkpoint), f"weights {opts.weights}", opts.init
+        model = ws.resolve_model(opts.weights, arch=opts.arch).load(
+            opts.device, seed=opts.train.seed, default_arch=opts.arch, trust_checkpoint=opts.trust_checkpoint)
+        return model, f"weights {opts.weights}", opts.init
     if opts.init not in (None, "", "none"):
-        run = ws.resolve("pretrain", opts.init)
-        if run is None:
-            raise ClefError("--init latest: no pre-training run in the workspace", path=ws.root,
-                            hint="run `clefctl pretrain` first, or pass --init none / --weights FILE")
-        if not run.model_path.is_file():
-            raise ClefError("pre-training run has no model.pt (it did not finish)", path=run.path,
-                            hint="finish it with `clefctl pretrain --resume` or choose another run")
+        choice = ws.resolve_model(opts.init, stages=("pretrain",),
+                                  hint="run `clefctl pretrain` first, or pass --init none / --weights FILE")
+        run = choice.run
         ref = run.name if run.path.parent == ws.stage_dir("pretrain") else str(run.path)
-        return create(weights=str(run.model_path), device=opts.device), f"pretrain run {run.name}", ref
-    return create(opts.arch, None, opts.device, seed=opts.train.seed), "random initialisation", opts.init
+        return choice.load(opts.device), choice.description, ref
+    model = ws.resolve_model("random", arch=opts.arch).load(opts.device, seed=opts.train.seed)
+    return model, "random initialisation", opts.init
 
 
 def validate_options(opts: FinetuneOptions) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -66,3 +67,74 @@ def write_text_atomic(target: str | os.PathLike, text: str) -> Path:
 
 def write_json_atomic(target: str | os.PathLike, obj) -> Path:
     return write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+class FileLock:
+    """An exclusive advisory lock (``flock``) on ``path``; the one file lock of clefctl.
+
+    Released by the kernel when the process dies, so a crashed holder never blocks a rerun.
+    ``acquire(blocking=True)`` waits; ``try_acquire()`` returns False when another process holds it.
+    The holder's pid is written into the file for messages (:meth:`holder`). On systems without
+    ``fcntl`` the lock is a no-op (a single writer is assumed).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def try_acquire(self, blocking: bool = False) -> bool:
+        if self._fd is not None:
+            return True
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - non-POSIX
+            self._fd = -1
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                return False
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def acquire(self, blocking: bool = True) -> "FileLock":
+        """Take the lock (waiting when ``blocking``); a ClefError naming the holder when busy."""
+        if not self.try_acquire(blocking):
+            from clefctl.errors import ClefError
+
+            raise ClefError(f"another process (pid {self.holder()}) holds this lock", path=self.path,
+                            hint="wait for it to finish, or stop it; a crashed process frees the lock")
+        return self
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().split()[0]
+        except (OSError, IndexError):
+            return "?"
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        if self._fd >= 0:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "FileLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -23,15 +23,12 @@ from clefctl.workspace import Run, Workspace
 
 
 def newest_run_for_task(ws: Workspace, task: str) -> Run | None:
-    """The newest finished fine-tuning run whose task is ``task`` ("au" or "fer")."""
-    stage = ws.stage_dir("finetune")
-    if not stage.is_dir():
+    """The fine-tuning run whose model predicts ``task`` ("au" or "fer"): the workspace's one
+    model resolver (LATEST when it is of that task, else the newest finished run that is)."""
+    try:
+        return ws.resolve_model(None, stages=("finetune",), task=task).run
+    except ClefError:
         return None
-    for path in sorted((p for p in stage.iterdir() if p.is_dir()), reverse=True):
-        run = Run(path, "finetune")
-        if run.model_path.is_file() and (path / "config.yaml").is_file() and run.config().get("task") == task:
-            return run
-    return None
 
 
 @dataclass
@@ -105,8 +102,9 @@ def predict(inputs: list[str], out_csv: str | Path, au_checkpoint: str | None = 
     ws = Workspace(workspace)
     predictors = []
     for task, given in (("au", au_checkpoint), ("fer", fer_checkpoint)):
-        ck = given
-        if ck is None:
+        if given is not None:
+            ck = ws.resolve_model(given, stages=("finetune",)).weights
+        else:
             run = newest_run_for_task(ws, task)
             ck = str(run.model_path) if run else None
         if ck is not None:

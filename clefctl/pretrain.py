@@ -23,7 +23,7 @@ from clefctl.engine import (TrainConfig, Trainer, cache_images, check_batches, e
                             options_from_run, options_to_config)
 from clefctl.errors import ClefError
 from clefctl.losses import pretrain_loss, sup_con
-from clefctl.model import ClefModel, create, save_checkpoint
+from clefctl.model import ClefModel, save_checkpoint
 from clefctl.workspace import Run, Workspace
 
 PRETRAIN_DATASETS = ("bp4d", "bp4dplus", "manifest", "synthetic-au")
@@ -149,8 +149,8 @@ def run_pretrain(opts: PretrainOptions) -> Run:
         if missing:
             raise ClefError(f"prompt set '{prompts.dataset}' has no description for activities "
                             f"{', '.join(missing)}", path=prompts.source, hint="add them under 'activities:'")
-    model = create(opts.arch, opts.weights, opts.device, seed=opts.train.seed,
-                   trust_checkpoint=opts.trust_checkpoint)
+    model = ws.resolve_model(opts.weights or "random", arch=opts.arch).load(
+        opts.device, trust_checkpoint=opts.trust_checkpoint, seed=opts.train.seed, default_arch=opts.arch)
     activities = sorted({s.activity for s in bundle.samples})
     check_batches(len(bundle.samples), opts.train.batch_size, dist.world_size())
     aug = augment_for(model.arch, opts.crop_scale, opts.rotation)

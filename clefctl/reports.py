@@ -29,6 +29,7 @@ import numpy as np
 
 from clefctl import metrics as M
 from clefctl.paths import atomic_path, write_json_atomic
+from clefctl.data import DISPLAY_NAMES, canonical_name  # the registry's one alias table
 
 PUBLISHED_LABEL = "CLEF (published, ICCV 2023)"
 PAPER = "Zhang et al., Weakly-Supervised Text-driven Contrastive Learning for Facial Behavior Understanding (CLEF), ICCV 2023"
@@ -82,13 +83,6 @@ for _row in PUBLISHED_ABLATION:
     for _k in ABLATION_MARKS:
         _row[_k] = bool(_row[_k])
 
-_ALIASES = {"bp4d+": "bp4dplus", "bp4d-plus": "bp4dplus", "bp4d_plus": "bp4dplus", "raf-db": "rafdb",
-            "raf_db": "rafdb", "fer+": "ferplus", "fer_plus": "ferplus", "affectnet-7": "affectnet7",
-            "affectnet-8": "affectnet8", "an-7": "affectnet7", "an-8": "affectnet8"}
-
-
-DISPLAY_NAMES = {"bp4d": "BP4D", "disfa": "DISFA", "bp4dplus": "BP4D+", "rafdb": "RAF-DB",
-                 "affectnet7": "AffectNet-7", "affectnet8": "AffectNet-8", "ferplus": "FERPlus"}
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -103,8 +97,7 @@ def normalize_dataset(name: str | None) -> str | None:
     """Registry name of a data set (``BP4D+`` -> ``bp4dplus``); None stays None."""
     if name is None:
         return None
-    key = str(name).strip().lower()
-    return _ALIASES.get(key, key)
+    return canonical_name(name)
 
 
 def published_reference(dataset: str | None) -> dict | None:

@@ -32,6 +32,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import yaml
 
@@ -149,6 +150,25 @@ class Run:
         return out
 
 
+@dataclass
+class ModelChoice:
+    """What :meth:`Workspace.resolve_model` chose: ``weights`` for :func:`clefctl.model.create`
+    (a file path, a pretrained tag, or None for a random init), the architecture when it is not
+    carried by the checkpoint, a description for reports, the run it came from, and a warning."""
+
+    weights: str | None
+    arch: str | None
+    description: str
+    run: Run | None = None
+    warning: str | None = None
+
+    def load(self, device=None, *, trust_checkpoint: bool = False, seed: int = 0, default_arch: str = "ViT-B-16"):
+        """Build the model (a clefctl checkpoint carries its own architecture)."""
+        from clefctl.model import create
+
+        return create(self.arch or default_arch, self.weights, device, seed=seed, trust_checkpoint=trust_checkpoint)
+
+
 class Workspace:
     def __init__(self, root: str | Path | None = None):
         self.root = paths.workspace_dir(root)
@@ -179,11 +199,6 @@ class Workspace:
         path = self.stage_dir(stage) / p.read_text(encoding="utf-8").strip()
         return Run(path, stage) if path.is_dir() else None
 
-    def require_latest(self, stage: str, hint: str) -> Run:
-        run = self.latest(stage)
-        if run is None:
-            raise ClefError(f"no {stage} run in workspace {self.root}", hint=hint)
-        return run
 
     def runs(self, stage: str) -> list[Run]:
         """The stage's run folders, oldest first (by start time; folder time for older runs)."""
@@ -210,6 +225,76 @@ class Workspace:
             raise ClefError(f"nothing to resume: {stage} run {run.name} is complete", path=run.path,
                             hint="start a new run (leave out --resume), or name an unfinished run")
         return run
+
+    def find_run(self, stage: str, ref: str | None = None, *,
+                 where: Callable[[Run], bool] | None = None) -> Run | None:
+        """The one run finder. ``ref`` a run name or folder: that run (a ClefError when there is none).
+        ``None``/``latest``: the stage's ``LATEST`` run when it passes ``where``, else the newest run
+        (by start time) that passes it; None when no run does. ``where`` sees each candidate run;
+        a run whose config.yaml cannot be read never passes."""
+        if ref not in (None, "", "latest"):
+            return self.resolve(stage, ref)
+
+        def passes(run: Run | None) -> bool:
+            if run is None:
+                return False
+            try:
+                return where is None or bool(where(run))
+            except ClefError:
+                return False
+        latest = self.latest(stage)
+        if passes(latest):
+            return latest
+        for run in reversed(self.runs(stage)):
+            if passes(run):
+                return run
+        return None
+
+    def resolve_model(self, ref: str | None, *, stages: Sequence[str] = ("finetune", "pretrain"),
+                      task: str | None = None, arch: str | None = None,
+                      random_fallback: bool = False, hint: str | None = None) -> "ModelChoice":
+        """The one answer to "which model does this command use?".
+
+        ``ref``: ``random`` (a random ``arch``, default clef-tiny); ``None``/``latest`` (the model.pt
+        of the first of ``stages`` with a finished run, found by :meth:`find_run`, of ``task`` when
+        given; with none, a random model and a warning if ``random_fallback``, else a ClefError); a run
+        folder or a run name of one of ``stages`` (its model.pt); a weights file (absolute path, so
+        it resolves from any folder); anything else is passed on as an open_clip pretrained tag.
+        """
+        if ref == "random":
+            a = arch or "clef-tiny"
+            return ModelChoice(None, a, f"random {a}")
+        if ref in (None, "", "latest"):
+            def usable(run: Run) -> bool:
+                return run.model_path.is_file() and run.finished and (
+                    task is None or run.config().get("task") == task)
+            for stage in stages:
+                run = self.find_run(stage, where=usable)
+                if run is not None:
+                    return ModelChoice(str(run.model_path.resolve()), None, f"{stage} run {run.name}", run)
+            what = f"no finished {'/'.join(stages)} run{f' for task {task}' if task else ''} in workspace {self.root}"
+            if random_fallback:
+                a = arch or "clef-tiny"
+                return ModelChoice(None, a, f"random {a}",
+                                   warning=f"{what}: using a randomly initialised {a} (it has learned nothing)")
+            raise ClefError(f"no model given and {what}",
+                            hint=hint or "pass --weights model.pt (or --weights random for an untrained model)")
+        path = Path(ref).expanduser()
+        if not path.exists():
+            for stage in stages:
+                if (self.stage_dir(stage) / ref).is_dir():
+                    path = self.stage_dir(stage) / ref
+                    break
+        if path.is_dir():
+            run = Run(path, path.parent.name if path.parent.name in STAGES else stages[0])
+            if not run.model_path.is_file():
+                raise ClefError("run folder has no model.pt (the run did not finish)", path=path,
+                                hint="finish it with --resume, or pass a finished run or a checkpoint file")
+            return ModelChoice(str(run.model_path.resolve()), None, f"{run.stage} run {run.name}", run)
+        if path.is_file():
+            run = Run(path.parent, path.parent.parent.name) if (path.parent / "config.yaml").is_file() else None
+            return ModelChoice(str(path.resolve()), arch, f"weights {path}", run)
+        return ModelChoice(str(ref), arch, f"weights {ref}")
 
     def resolve(self, stage: str, ref: str | None) -> Run | None:
         """``None``/``latest`` -> the latest run; a run name or a folder path -> that run."""

@@ -18,22 +18,6 @@ from clefctl.errors import ClefError
 STORE_NAME = "store.h5"
 
 
-def resolve_weights(weights: str | None, workspace) -> str | None:
-    """``--weights``: a file or tag; ``random`` = random init; unset = the latest fine-tuned (else
-    pre-trained) model of the workspace."""
-    if weights == "random":
-        return None
-    if weights:
-        p = Path(weights).expanduser()
-        return str(p.resolve()) if p.exists() else weights  # a file stays valid from any folder
-    for stage in ("finetune", "pretrain"):
-        run = workspace.latest(stage)
-        if run is not None and run.model_path.is_file():
-            return str(run.model_path.resolve())
-    raise ClefError(f"no model given and no finished finetune/pretrain run in {workspace.root}",
-                    hint="pass --weights model.pt (or --weights random for an untrained model)")
-
-
 def default_dataset(workspace, dataset_root, data_root) -> tuple[str, str | None, str | None]:
     """The data set (and its folders) of the latest fine-tuning run."""
     run = workspace.latest("finetune")
@@ -92,7 +76,6 @@ def embed(dataset, dataset_root, data_root, split, weights, arch, trust_checkpoi
     """
     from clefctl import distributed
     from clefctl.data import load_dataset
-    from clefctl.model import create
     from clefctl.paths import write_json_atomic
     from clefctl.store import embed_into_store, load_index
     from clefctl.workspace import Run, Workspace
@@ -114,7 +97,9 @@ def embed(dataset, dataset_root, data_root, split, weights, arch, trust_checkpoi
         import torch
 
         dev = f"cuda:{distributed.local_rank()}" if torch.cuda.is_available() else "cpu"
-    model = create(arch, resolve_weights(weights, ws), dev, trust_checkpoint=trust_checkpoint)
+    choice = ws.resolve_model(weights, arch=arch,
+                              hint="pass --weights model.pt (or --weights random for an untrained model)")
+    model = choice.load(dev, trust_checkpoint=trust_checkpoint, default_arch=arch)
     if out is None:
         run_dir = embed_run_dir(ws, model.fingerprint, image_set)
         store_path = run_dir / STORE_NAME
@@ -136,7 +121,7 @@ def embed(dataset, dataset_root, data_root, split, weights, arch, trust_checkpoi
             run = Run(run_dir, "embed")
             run.save_config({"dataset": dataset, "dataset_root": dataset_root, "data_root": data_root,
                              "split": split, "image_set": image_set, "arch": model.arch,
-                             "weights": resolve_weights(weights, ws) if weights != "random" else "random",
+                             "weights": choice.weights or "random",
                              "fingerprint": model.fingerprint, "store": STORE_NAME,
                              "dtype": dtype, "batch_size": batch_size, "chunk_size": chunk_size})
             write_json_atomic(run_dir / "report.json", result)
@@ -215,7 +200,7 @@ def query(text, image, k, store, run_ref, weights, arch, trust_checkpoint, index
         with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the query's own output
             click.get_current_context().invoke(embed, workspace=workspace)
     store_path, cfg = resolve_store(store, run_ref, ws)
-    model = store_model(store_path, cfg, weights, arch, trust_checkpoint)
+    model = store_model(store_path, cfg, weights, arch, trust_checkpoint, workspace)
     hits = (query_text(store_path, model, text, k=k, index=index_kind) if text is not None
             else query_image(store_path, model, image, k=k, index=index_kind))
     if sheet:
@@ -249,16 +234,18 @@ def query(text, image, k, store, run_ref, weights, arch, trust_checkpoint, index
         click.echo(f"contact sheet: {sheet}")
 
 
-def store_model(store_path: Path, cfg: dict, weights: str | None, arch: str | None, trust_checkpoint: bool):
-    """The model that made a store: ``--weights``/``--arch`` when given, else those of its embed run."""
-    from clefctl.model import create
+def store_model(store_path: Path, cfg: dict, weights: str | None, arch: str | None, trust_checkpoint: bool,
+                workspace=None):
+    """The model that made a store: ``--weights``/``--arch`` when given, else those of its embed run,
+    through the workspace's model resolver."""
+    from clefctl.workspace import Workspace
 
     w = weights if weights is not None else cfg.get("weights")
     if w is None:
         raise ClefError("the store's model is unknown (it was not written by an embed run)", path=store_path,
                         hint="pass --weights (and --arch) of the model that made the store")
-    return create(arch or cfg.get("arch") or "ViT-B-16", None if w == "random" else w,
-                  trust_checkpoint=trust_checkpoint)
+    a = arch or cfg.get("arch") or "ViT-B-16"
+    return Workspace(workspace).resolve_model(w, arch=a).load(trust_checkpoint=trust_checkpoint, default_arch=a)
 
 
 def _nearest_with_precision(model, cfg: dict, text: str, hits) -> dict:
@@ -314,7 +301,7 @@ def rescore(prompts_ref, mode, store, run_ref, weights, arch, trust_checkpoint, 
 
     ws = Workspace(workspace)
     store_path, cfg = resolve_store(store, run_ref, ws)
-    model = store_model(store_path, cfg, weights, arch, trust_checkpoint)
+    model = store_model(store_path, cfg, weights, arch, trust_checkpoint, workspace)
     prompts = load_prompts(prompts_ref)
     with EmbeddingStore.open(store_path, fingerprint=model.fingerprint) as st:
         res = run_rescore(st, model, prompts, mode)

@@ -60,7 +60,21 @@ _SPECS = [
                 "generated on first use", "fer", "clefctl.data.rafdb:load"),
 ]
 DATASETS: dict[str, DatasetSpec] = {s.name: s for s in _SPECS}
-_ALIASES = {"bp4d+": "bp4dplus", "raf-db": "rafdb", "fer+": "ferplus", "fer_plus": "ferplus"}
+# The one alias table: every name a user may type for a registered data set (load_dataset, reports,
+# evaluate, prompt sets all go through canonical_name).
+ALIASES = {"bp4d+": "bp4dplus", "bp4d-plus": "bp4dplus", "bp4d_plus": "bp4dplus", "raf-db": "rafdb",
+           "raf_db": "rafdb", "fer+": "ferplus", "fer_plus": "ferplus", "affectnet-7": "affectnet7",
+           "affectnet-8": "affectnet8", "an-7": "affectnet7", "an-8": "affectnet8"}
+# How tables and plots name the paper's data sets.
+DISPLAY_NAMES = {"bp4d": "BP4D", "disfa": "DISFA", "bp4dplus": "BP4D+", "rafdb": "RAF-DB",
+                 "affectnet7": "AffectNet-7", "affectnet8": "AffectNet-8", "ferplus": "FERPlus"}
+
+
+def canonical_name(name: str) -> str:
+    """The registry key for a name a user typed (case-insensitive, aliases such as ``BP4D+``); names
+    that are not registered come back lower-cased, for the caller to accept or refuse."""
+    key = str(name).strip().lower()
+    return ALIASES.get(key, key)
 
 # Options of the adapters used by the synthetic sets; any other option goes to ensure().
 _SYNTH_ADAPTER_OPTS = {"synthetic-au": {"aus", "mode", "max_frames", "tasks"},
@@ -74,8 +88,7 @@ def available_datasets() -> dict[str, str]:
 
 def get_spec(name: str) -> DatasetSpec:
     """The registry entry for ``name`` (case-insensitive; a few aliases like ``bp4d+``)."""
-    key = str(name).strip().lower()
-    key = _ALIASES.get(key, key)
+    key = canonical_name(name)
     spec = DATASETS.get(key)
     if spec is None:
         raise ClefError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")

@@ -89,6 +89,35 @@ def subject_of(sample: Sample) -> str:
 # --------------------------------------------------------------------------------- images
 
 
+def read_rgb(path: str | Path) -> Image.Image:
+    """Decode an image file as RGB, fully (a truncated file fails here, not later).
+
+    The one image reader: raises ``OSError``/``ValueError`` (PIL's errors) for files that cannot be
+    read or decoded, for the caller to skip and count or to report."""
+    with Image.open(path) as raw:
+        raw.load()
+        return raw.convert("RGB")
+
+
+def clamp_box(box, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """A face box (x, y, w, h) as PIL crop corners (left, top, right, bottom) clamped to a
+    ``width`` x ``height`` image; None when nothing of it lies inside."""
+    x, y, w, h = (int(v) for v in box)
+    left, top = max(0, x), max(0, y)
+    right, bottom = min(width, x + w), min(height, y + h)
+    if right <= left or bottom <= top:
+        return None
+    return left, top, right, bottom
+
+
+def crop_to_box(img: Image.Image, box) -> Image.Image | None:
+    """``img`` cut to the face box (x, y, w, h), clamped to the image; None when the box lies outside."""
+    corners = clamp_box(box, img.width, img.height)
+    if corners is None:
+        return None
+    return img if corners == (0, 0, img.width, img.height) else img.crop(corners)
+
+
 def open_image(sample: Sample) -> Image.Image:
     """Decode ``sample`` (file or in-memory pixels) as an RGB PIL image, cropped by its box.
 
@@ -104,20 +133,15 @@ def open_image(sample: Sample) -> Image.Image:
             arr = arr[:, :, 0]
         img = Image.fromarray(arr).convert("RGB")
     elif sample.path is not None:
-        with Image.open(sample.path) as raw:
-            raw.load()  # force the decode here so truncated files fail now, not later
-            img = raw.convert("RGB")
+        img = read_rgb(sample.path)
     else:
         raise ClefError(f"sample {sample.id!r} has neither an image path nor pixels")
     if sample.box is not None:
-        x, y, w, h = (int(v) for v in sample.box)
-        left, top = max(0, x), max(0, y)
-        right, bottom = min(img.width, x + w), min(img.height, y + h)
-        if right <= left or bottom <= top:
+        cropped = crop_to_box(img, sample.box)
+        if cropped is None:
             raise ClefError(f"face box {sample.box} lies outside the {img.width}x{img.height} "
                             f"image of sample {sample.id!r}", path=sample.path)
-        if (left, top, right, bottom) != (0, 0, img.width, img.height):
-            img = img.crop((left, top, right, bottom))
+        img = cropped
     return img
 
 

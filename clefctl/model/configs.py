@@ -1,0 +1,81 @@
+"""Architectures: clefctl's small configs (``clef-tiny``, ``clef-small``) registered with open_clip,
+and their convolutional stem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from clefctl.errors import ClefError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
+
+_registered = False
+
+# clefctl's own from-scratch configs replace the ViT's patchify convolution (one k x k conv with
+# stride k) by a convolutional stem: stride-2 3x3 convolutions with BatchNorm and ReLU, then a 1x1
+# convolution to the transformer width (Xiao et al., "Early convolutions help transformers see
+# better", NeurIPS 2021). The token grid, the transformer and everything after it are unchanged.
+# Measured on fold 1 of a 41-subject synthetic-au (27 training subjects), 800 steps of 32 images,
+# lr 1e-3: held-out mean AU F1 59 with the patchify conv, 89 with this stem (88 on the default
+# 12-subject set); a small CNN reaches 86 on the same split, so the plain ViT, not the data, was
+# what kept clef-tiny from learning. clef-small gets a stem too; its learning was not measured.
+# Channels of the stride-2 convolutions; their number is log2(patch_size).
+CONV_STEMS: dict[str, tuple[int, ...]] = {"clef-tiny": (24, 48, 96, 128), "clef-small": (32, 64, 128)}
+
+
+def conv_stem(channels: Sequence[int], width: int) -> torch.nn.Sequential:
+    """The stem module for ``visual.conv1``: (B, 3, H, W) -> (B, width, H / 2**n, W / 2**n)."""
+    layers: list[torch.nn.Module] = []
+    c_in = 3
+    for c in channels:
+        layers += [torch.nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False), torch.nn.BatchNorm2d(c),
+                   torch.nn.ReLU(inplace=True)]
+        c_in = c
+    layers.append(torch.nn.Conv2d(c_in, width, 1))
+    return torch.nn.Sequential(*layers)
+
+
+def _add_stem(clip: torch.nn.Module, arch: str) -> None:
+    """Swap in the arch's convolutional stem (see CONV_STEMS); other architectures are untouched."""
+    channels = CONV_STEMS.get(arch)
+    visual = getattr(clip, "visual", None)
+    if channels is None or not isinstance(getattr(visual, "conv1", None), torch.nn.Conv2d):
+        return
+    patch = visual.conv1.kernel_size[0]
+    if 2 ** len(channels) != patch:
+        raise ClefError(f"internal: the {arch} stem has {len(channels)} stride-2 convolutions, "
+                        f"but its patch size is {patch}")
+    visual.conv1 = conv_stem(channels, visual.conv1.out_channels)
+
+
+def register_configs() -> None:
+    """Register clefctl's small architectures (``clef-tiny``, ``clef-small``) with open_clip."""
+    global _registered
+    if _registered:
+        return
+    import open_clip
+
+    open_clip.add_model_config(CONFIG_DIR)
+    _registered = True
+
+
+def list_architectures() -> list[str]:
+    """Every architecture name ``create`` accepts: open_clip's plus clefctl's small configs."""
+    register_configs()
+    import open_clip
+
+    return open_clip.list_models()
+
+
+def clef_architectures() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def _arch_uses_quick_gelu(arch: str) -> bool:
+    import open_clip
+
+    register_configs()
+    return bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
