@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from clefctl.errors import ClefError
 from clefctl.workspace import Run, Workspace
@@ -115,12 +114,11 @@ def predict(inputs: list[str], out_csv: str | Path, au_checkpoint: str | None = 
     size = max(p.model.image_size for p in predictors)
     cropper = FaceCropper(size=max(size, 112))
     rows, crops, crop_rows, unreadable = [], [], [], []
-    from rich.progress import Progress
+    from clefctl.ui import progress_bar
 
-    with Progress(disable=not progress, transient=True) as bar:
-        t = bar.add_task("faces", total=None)
+    with progress_bar("faces", enabled=progress, transient=True) as bar:
         for source, frame, ts, rgb in _units(inputs, every, max_frames):
-            bar.advance(t)
+            bar.advance()
             row = {"source": source, "frame": frame, "timestamp": ts, "no_face": 1,
                    "x": np.nan, "y": np.nan, "w": np.nan, "h": np.nan}
             if rgb is None:

@@ -270,9 +270,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray | None:
         return None
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if bgr is None or bgr.size == 0:
+        from clefctl.data.records import read_rgb
+
         try:
-            with Image.open(path) as im:
-                return np.asarray(im.convert("RGB"))
+            return np.asarray(read_rgb(path))
         except Exception:  # noqa: BLE001 - any decoder failure means "unreadable"
             return None
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -471,17 +472,11 @@ def prepare(inputs, out_dir: str | os.PathLike, size: int = 224, every: int = 1,
             report.no_face.append(source if frame is None else f"{source}@{frame}")
         rows.append(_row(source, frame, stamp, crop_rel, result))
 
-    bar = None
-    if progress:
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeRemainingColumn)
-        bar = Progress(TextColumn("cropping faces"), BarColumn(), MofNCompleteColumn(),
-                       TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-        total = sum(video_frame_estimate(p, every, max_frames) if is_video(p) else 1 for p in files)
-        task = bar.add_task("crop", total=total or None)
-        bar.start()
-    try:
+    from clefctl.ui import progress_bar
+
+    total = sum(video_frame_estimate(p, every, max_frames) if is_video(p) else 1 for p in files) \
+        if progress else 0
+    with progress_bar("cropping faces", total=total or None, enabled=progress, transient=True) as bar:
         for i, path in enumerate(files):
             source, stem = str(path), f"{i:06d}_{_safe_stem(path)}"
             if is_video(path):
@@ -492,8 +487,7 @@ def prepare(inputs, out_dir: str | os.PathLike, size: int = 224, every: int = 1,
                         opened = True
                         report.frames += 1
                         handle(rgb, source, f"{stem}_f{index:06d}", index, stamp)
-                        if bar is not None:
-                            bar.advance(task)
+                        bar.advance()
                     if not opened:
                         raise ClefError("video has no decodable frames", path=path)
                     report.videos += 1
@@ -506,11 +500,7 @@ def prepare(inputs, out_dir: str | os.PathLike, size: int = 224, every: int = 1,
                 else:
                     report.images += 1
                     handle(rgb, source, stem)
-                if bar is not None:
-                    bar.advance(task)
-    finally:
-        if bar is not None:
-            bar.stop()
+                bar.advance()
 
     with atomic_path(report.csv_path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:

@@ -18,10 +18,9 @@ _registered = False
 # stride k) by a convolutional stem: stride-2 3x3 convolutions with BatchNorm and ReLU, then a 1x1
 # convolution to the transformer width (Xiao et al., "Early convolutions help transformers see
 # better", NeurIPS 2021). The token grid, the transformer and everything after it are unchanged.
-# Measured on fold 1 of a 41-subject synthetic-au (27 training subjects), 800 steps of 32 images,
-# lr 1e-3: held-out mean AU F1 59 with the patchify conv, 89 with this stem (88 on the default
-# 12-subject set); a small CNN reaches 86 on the same split, so the plain ViT, not the data, was
-# what kept clef-tiny from learning. clef-small gets a stem too; its learning was not measured.
+# Trained from random weights on a few thousand images, the plain patchify convolution learned
+# far more slowly than this stem (docs/performance.md, "the convolutional stem"). clef-small gets
+# a stem too; its learning was not measured.
 # Channels of the stride-2 convolutions; their number is log2(patch_size).
 CONV_STEMS: dict[str, tuple[int, ...]] = {"clef-tiny": (24, 48, 96, 128), "clef-small": (32, 64, 128)}
 
