@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clefctl import explain as ex
+from clefctl.explain import pointing as ex_pointing
 from clefctl.commands.explain import explain as explain_cmd
 from clefctl.errors import ClefError
 from clefctl.model import create
@@ -225,7 +226,7 @@ def test_pointing_counts_hits_where_the_hottest_patch_lies(tiny, synth, monkeypa
         return [ex.Relevance(np.ones((64, 64), np.float32), pm, ["x"], np.ones(1, np.float32), 0.0, t)
                 for t in texts]
 
-    monkeypatch.setattr(ex, "relevancy_pairs", fake_pairs)
+    monkeypatch.setattr(ex_pointing, "relevancy_pairs", fake_pairs)
     res = ex.pointing_accuracy(tiny, synth["au"], aus=("AU12", "AU26"), n_images=100)
     # the hot patch's pixel square (64 px images, 64 px model): [x0, x1) x [y0, y1)
     x0, y0 = hot[1] * k, hot[0] * k
@@ -386,3 +387,40 @@ def test_render_wraps_a_long_title_instead_of_cutting_it(tmp_path):
         with Image.open(out) as im:
             heights[key] = im.height
     assert heights["long"] > heights["short"]
+
+
+# ----------------------------------------------------------------------------------------------
+# the library entry point (no CLI)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_run_explain_writes_the_figure_and_returns_what_the_command_prints(tmp_path):
+    warnings = []
+    out = tmp_path / "lib.png"
+    res = ex.run_explain(ex.ExplainOptions(_face(tmp_path), texts=["a photo of a person with jaw drop."],
+                                           workspace=str(tmp_path / "empty_ws"), out=str(out),
+                                           warn=warnings.append))
+    assert res.png == out and not res.pointing and res.model == "random clef-tiny"
+    assert len(warnings) == 1 and "no fine-tuned run" in warnings[0] and res.warnings == warnings
+    assert res.face.face == "not searched" and not res.face.cropped
+    [(title, rel)] = res.panels
+    assert title == rel.text == "a photo of a person with jaw drop." and isinstance(rel, ex.Relevance)
+    doc = res.to_dict()
+    assert doc["png"] == str(out) and doc["fingerprint"] == res.fingerprint and doc["box"] is None
+    assert doc["panels"][0]["title"] == title and json.dumps(doc)
+    _png_ok(out)
+    with pytest.raises(ClefError, match="--text is empty"):
+        ex.run_explain(ex.ExplainOptions(_face(tmp_path), texts=[" "], checkpoint="random"))
+    with pytest.raises(ClefError, match="IMAGE"):
+        ex.run_explain(ex.ExplainOptions(checkpoint="random"))
+
+
+def test_run_explain_pointing_matches_the_json_of_the_command(synth, tmp_path):
+    opts = ex.ExplainOptions(pointing=True, dataset_root=str(synth["au"]), n_images=2, aus=("AU12", "AU9"),
+                             checkpoint="random", progress=False)
+    res = ex.run_explain(opts)
+    assert res.pointing and res.png is None and res.data == Path(synth["au"]) and res.subjects == "all subjects"
+    assert set(res.aus) == {"AU12", "AU9"} and res.summary["n"] == sum(r["n"] for r in res.aus.values())
+    cli = json.loads(_run(["--pointing", "--dataset-root", synth["au"], "--n", "2", "--aus", "AU12,AU9",
+                           "--checkpoint", "random", "--json"]).stdout)
+    assert res.to_dict() == cli

@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import json
-import math
 
 import click
 
 
 def _aus(value: str | None):
-    from clefctl.explain import POINTING_AUS
-
     if not value:
-        return POINTING_AUS
+        return None  # the default AUs of the pointing check
     return tuple(a.strip() for a in value.split(",") if a.strip())
 
 
-def _check_texts(texts) -> None:
-    from clefctl.errors import ClefError
-
-    if any(not t.strip() for t in texts):
-        raise ClefError("--text is empty: give the text to explain the image against",
-                        hint="e.g. --text 'a photo of a person with lip corner puller.'")
-
-
-def _num(x: float):
-    return None if isinstance(x, float) and math.isnan(x) else x
+def _pct(v) -> str:
+    return "-" if v is None or v != v else f"{100 * v:.1f}%"
 
 
 @click.command("explain")
@@ -81,81 +70,54 @@ def explain(image, texts, classes, max_descriptions, prompts, checkpoint, arch, 
     """
     from rich.console import Console
 
-    from clefctl import explain as ex
-    from clefctl.errors import ClefError
+    from clefctl.explain import ExplainOptions, run_explain
 
-    console = Console()
-    _check_texts(texts)
-    loaded = ex.load_model(checkpoint, workspace, arch, device, trust_checkpoint)
-    if loaded.warning:
-        Console(stderr=True).print(f"[yellow]warning[/yellow]: {loaded.warning}", highlight=False)
-    model = loaded.model
-    prompt_set = ex.prompt_set_for(model, loaded.run_dir, prompts)
+    def warn(message: str) -> None:
+        Console(stderr=True).print(f"[yellow]warning[/yellow]: {message}", highlight=False, soft_wrap=True)
 
-    if pointing:
-        root = ex.synthetic_au_root(dataset_root, loaded.run_dir)
-        subjects, which = (None, "all subjects") if all_subjects else ex.held_out_subjects(loaded.run_dir)
-        results = ex.pointing_accuracy(model, root, _aus(aus), n_images, prompts=prompt_set, subjects=subjects,
-                                       start_layer=start_layer, progress=not no_progress and not as_json)
-        summary = ex.pointing_summary(results)
-        if as_json:
-            click.echo(json.dumps({"model": loaded.source, "fingerprint": model.fingerprint, "data": str(root),
-                                   "subjects": which,
-                                   "aus": {k: {kk: _num(vv) for kk, vv in v.items()} for k, v in results.items()},
-                                   "summary": {k: _num(v) for k, v in summary.items()}}, indent=2))
-            return
-        from rich.table import Table
-
-        def pct(v) -> str:
-            return "-" if v is None or v != v else f"{100 * v:.1f}%"
-
-        table = Table(title=f"pointing accuracy: {loaded.source}, {which}")
-        for col in ("AU", "hit rate", "chance", "mass in region", "area", "n", "text"):
-            table.add_column(col, justify="left" if col in ("AU", "text") else "right")
-        for au, r in results.items():
-            table.add_row(au, pct(r["hit_rate"]), pct(r["chance_patches"]), pct(r["mass"]), pct(r["chance"]),
-                          str(r["n"]), r["text"])
-        if summary["n"]:
-            table.add_row("mean", pct(summary["mean_hit_rate"]), pct(summary["mean_chance_patches"]),
-                          pct(summary["mean_mass"]), pct(summary["mean_chance"]), str(summary["n"]), "", style="bold")
-        table.caption = ("hit: the hottest patch overlaps the AU's region; chance: share of patches that do; "
-                         "mass in region: share of the map's relevancy inside the region; area: its share of "
-                         "the image (the chance level of mass)")
-        table.caption_justify = "left"
-        console.print(table)
-        console.print(f"data: {root}", highlight=False)
-        return
-
-    if not image:
-        raise ClefError("give an IMAGE to explain (or --pointing)", hint="clefctl explain face.jpg --text '...'")
-    panels = [(t, t) for t in texts]
-    if classes:
-        panels += ex.class_panels(prompt_set, max_descriptions)
-    if not panels:
-        if prompt_set is None:
-            raise ClefError("nothing to explain the image against",
-                            hint="pass --text '...', or --classes with a fine-tuned --checkpoint or --prompts")
-        panels = ex.class_panels(prompt_set, 0)
-    face = ex.load_face(image, model.image_size, crop, store)
-    if face.warning:
-        Console(stderr=True).print(f"[yellow]warning[/yellow]: {face.warning}", highlight=False, soft_wrap=True)
-    rels = ex.relevancy_many(model, face.image, [t for _, t in panels], start_layer=start_layer)
-    title = f"{face.source}{' (face crop)' if face.cropped else ''} - {loaded.source}"
-    png = ex.render(face.image, [(name, r) for (name, _), r in zip(panels, rels)], out, title=title)
+    opts = ExplainOptions(image=image, texts=texts, classes=classes, max_descriptions=max_descriptions,
+                          prompts=prompts, checkpoint=checkpoint, arch=arch, out=out, crop=crop, store=store,
+                          start_layer=start_layer, pointing=pointing, n_images=n_images, aus=_aus(aus),
+                          dataset_root=dataset_root, all_subjects=all_subjects, device=device,
+                          workspace=workspace, trust_checkpoint=trust_checkpoint,
+                          progress=not no_progress and not as_json, warn=warn)
+    result = run_explain(opts)
     if as_json:
-        click.echo(json.dumps({"png": str(png), "image": face.source, "cropped": face.cropped,
-                               "face": face.face, "box": list(face.box) if face.box else None,
-                               "model": loaded.source,
-                               "fingerprint": model.fingerprint,
-                               "panels": [{"title": name, **r.to_dict()} for (name, _), r in zip(panels, rels)]},
-                              indent=2))
-        return
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    elif result.pointing:
+        _print_pointing(Console(), result)
+    else:
+        _print_figure(Console(), result)
+
+
+def _print_pointing(console, result) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{face.source} - {loaded.source}")
+    table = Table(title=f"pointing accuracy: {result.model}, {result.subjects}")
+    for col in ("AU", "hit rate", "chance", "mass in region", "area", "n", "text"):
+        table.add_column(col, justify="left" if col in ("AU", "text") else "right")
+    for au, r in result.aus.items():
+        table.add_row(au, _pct(r["hit_rate"]), _pct(r["chance_patches"]), _pct(r["mass"]), _pct(r["chance"]),
+                      str(r["n"]), r["text"])
+    summary = result.summary
+    if summary["n"]:
+        table.add_row("mean", _pct(summary["mean_hit_rate"]), _pct(summary["mean_chance_patches"]),
+                      _pct(summary["mean_mass"]), _pct(summary["mean_chance"]), str(summary["n"]), "", style="bold")
+    table.caption = ("hit: the hottest patch overlaps the AU's region; chance: share of patches that do; "
+                     "mass in region: share of the map's relevancy inside the region; area: its share of "
+                     "the image (the chance level of mass)")
+    table.caption_justify = "left"
+    console.print(table)
+    console.print(f"data: {result.data}", highlight=False)
+
+
+def _print_figure(console, result) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result.face.source} - {result.model}")
     for col in ("panel", "cosine", "top tokens"):
         table.add_column(col, justify="right" if col == "cosine" else "left")
-    for (name, _), r in zip(panels, rels):
+    for name, r in result.panels:
         table.add_row(name, f"{r.similarity:+.3f}", " ".join(f"{t}({s:.2f})" for t, s in r.top_tokens(4)))
     console.print(table)
-    console.print(f"wrote {png}", highlight=False)
+    console.print(f"wrote {result.png}", highlight=False)
