@@ -1,4 +1,5 @@
-"""Report plots as PNG files: per-AU F1 bars, confusion matrix, t-SNE of features, training curves.
+"""Report plots as PNG files: per-AU F1 bars, confusion matrix, t-SNE of features, training curves,
+and the one captioned thumbnail grid (contact sheets of data sets and of search hits).
 
 Rendering uses matplotlib's Agg backend through ``matplotlib.figure.Figure`` (no pyplot, so no
 display, no global figure registry and no change to the caller's backend). Every function writes its
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -273,3 +275,105 @@ def training_curves(runs: Sequence[tuple[str, list[dict]]], out, *, title: str |
         fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, out)
+
+
+# ----------------------------------------------------------------------------------------------
+# thumbnail grid (Pillow, no matplotlib: pixel-sized tiles and text)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One cell of :func:`thumbnail_grid`: an image (None: a grey placeholder showing ``note``)
+    and its caption lines (the first in black, the others grey)."""
+
+    image: object | None
+    caption: Sequence[str] = ()
+    note: str = "unreadable"
+
+
+def _font(px: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=px)
+    except TypeError:  # pragma: no cover - Pillow without FreeType sizes
+        return ImageFont.load_default()
+
+
+def _wrap(draw, text: str, font, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` pixels, broken at spaces and after ``+``."""
+    lines, cur = [], ""
+    for word in text.replace("+", "+ ").split(" "):
+        trial = (cur + word) if cur.endswith("+ ") or not cur else cur + " " + word
+        trial = trial.replace("+ ", "+") if draw.textlength(trial.replace("+ ", "+"), font=font) \
+            <= width else None
+        if trial is None and cur:
+            lines.append(cur.replace("+ ", "+"))
+            cur = word
+        else:
+            cur = (cur + word) if trial is None else trial
+    if cur:
+        lines.append(cur.replace("+ ", "+"))
+    return lines
+
+
+def _clip(draw, text: str, font, width: int) -> str:
+    """``text`` cut to at most ``width`` pixels."""
+    while text and draw.textlength(text, font=font) > width:
+        text = text[:-1]
+    return text
+
+
+def thumbnail_grid(sections: Sequence[tuple[str | None, Sequence[Tile]]], out, *, cols: int,
+                   tile_px: int, pad: int = 0, font_px: int = 10, wrap: bool = False) -> Path:
+    """Write a PNG grid of captioned square thumbnails; return its path (written atomically).
+
+    ``sections``: (title, tiles) blocks drawn one below the other, each starting a new row under
+    its title line (no title line when the title is None), ``cols`` tiles per row. Images are
+    fitted into ``tile_px`` squares (aspect kept, dark bars); ``pad`` pixels separate the tiles.
+    Caption lines longer than a tile are wrapped (``wrap``, breaking at spaces and after ``+``) or
+    cut; every caption gets the height of the longest. Text uses Pillow's font at ``font_px``.
+    """
+    from PIL import Image, ImageDraw, ImageOps
+
+    cols = max(1, int(cols))
+    font = _font(font_px)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    fit = (lambda t: _wrap(probe, t, font, tile_px - 4)) if wrap else \
+        (lambda t: [_clip(probe, t, font, tile_px - 4)])
+    captions = [[ln for line in tile.caption for ln in fit(str(line))] for _, tiles in sections
+                for tile in tiles]
+    line_h = font_px + 5
+    n_lines = max((len(c) for c in captions), default=0)
+    cap_h = 4 + n_lines * line_h if n_lines else 0
+    head_h = 3 + line_h
+    rows = [max(1, -(-len(tiles) // cols)) for _, tiles in sections]
+    width = pad + cols * (tile_px + pad)
+    height = pad + sum((head_h if title is not None else 0) + r * (tile_px + cap_h + pad)
+                       for (title, _), r in zip(sections, rows))
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    y0, k = pad, 0
+    for (title, tiles), n_rows in zip(sections, rows):
+        if title is not None:
+            draw.text((pad + 4, y0 + 3), _clip(probe, str(title), font, width - 8), fill=(0, 0, 0),
+                      font=font)
+            y0 += head_h
+        for i, tile in enumerate(tiles):
+            x = pad + (i % cols) * (tile_px + pad)
+            y = y0 + (i // cols) * (tile_px + cap_h + pad)
+            if tile.image is None:
+                draw.rectangle([x, y, x + tile_px - 1, y + tile_px - 1], fill=(160, 160, 160))
+                draw.text((x + 4, y + tile_px // 2 - 6), tile.note, fill=(0, 0, 0), font=font)
+            else:
+                sheet.paste(ImageOps.pad(tile.image.convert("RGB"), (tile_px, tile_px),
+                                         method=Image.LANCZOS, color=(30, 30, 30)), (x, y))
+            for j, line in enumerate(captions[k]):
+                draw.text((x + 2, y + tile_px + 2 + j * line_h), line,
+                          fill=(0, 0, 0) if j == 0 else (90, 90, 90), font=font)
+            k += 1
+        y0 += n_rows * (tile_px + cap_h + pad)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        sheet.save(tmp, "PNG")
+    return out
