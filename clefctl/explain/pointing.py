@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -72,26 +72,16 @@ def pointing_texts(aus: Sequence[str], prompts=None, au_names: dict | None = Non
 
 
 
-class _Annotations(NamedTuple):
-    """What pointing needs of a synthetic-au set: its image entries (``path`` relative to the
-    root, ``subject``, ``au_intensity`` {AU: intensity}, ``regions`` {face part: [[x0, y0, x1, y1],
-    ...]}), the occurrence threshold and the generator's AU names."""
-
-    images: list[dict]
-    threshold: float
-    au_names: dict | None
-
-
-def _annotated_faces(root: Path) -> _Annotations:
-    """The one place pointing reads the set's sidecar (``synthetic.json``)."""
-    from clefctl.data.synthetic import read_sidecar
+def _annotated_faces(root: Path, subjects: Sequence[str] | None):
+    """(faces, the generator's AU names) of a synthetic-au set, through the synthetic package's
+    annotated-faces iterator (the sidecar is read there, once)."""
+    from clefctl.data.synthetic import annotated_faces, read_sidecar
 
     meta = read_sidecar(root)
     if meta.get("kind") != "synthetic-au":
         raise ClefError(f"pointing needs a synthetic-au set, this is {meta.get('kind')!r}", path=root,
                         hint="generate one with `clefctl data synth` or pass --dataset-root")
-    return _Annotations(meta.get("images", []), float(meta.get("occurrence_threshold", 0.5)),
-                        meta.get("au_names"))
+    return list(annotated_faces(root, subjects=subjects, meta=meta)), meta.get("au_names")
 
 
 class _PatchGrid:
@@ -154,13 +144,12 @@ class _AUPointing:
                 "hits": self.hits, "n": self.n, "text": self.text}
 
 
-def _draw_images(images: list[dict], aus: Sequence[str], threshold: float, n_images: int,
-                 seed: int) -> list[tuple[str, list[dict]]]:
-    """Per AU, up to ``n_images`` of the images where it is active (intensity >= ``threshold``)."""
+def _draw_images(faces: list, aus: Sequence[str], n_images: int, seed: int) -> list[tuple[str, list]]:
+    """Per AU, up to ``n_images`` of the faces where it is active (intensity >= the set's threshold)."""
     rng = np.random.default_rng(seed)
     plan = []
     for au in aus:
-        cand = [e for e in images if float(e.get("au_intensity", {}).get(au, 0.0)) >= threshold]
+        cand = [f for f in faces if f.au_labels.get(au, 0)]
         if len(cand) > n_images:
             cand = [cand[i] for i in sorted(rng.choice(len(cand), n_images, replace=False))]
         plan.append((au, cand))
@@ -197,35 +186,30 @@ def pointing_accuracy(model, root: str | os.PathLike, aus: Sequence[str] = POINT
     from clefctl.ui import progress_bar
 
     root = Path(root)
-    faces = _annotated_faces(root)
+    faces, au_names = _annotated_faces(root, subjects)
     regions = au_regions()
     aus = [_au_key(a) for a in aus]
     unknown = [a for a in aus if a not in regions]
     if unknown:
         raise ClefError(f"the synthetic generator does not draw {', '.join(unknown)}",
                         hint=f"use some of {', '.join(regions)}")
-    texts = pointing_texts(aus, prompts, faces.au_names)
-    images = faces.images
-    if subjects is not None:
-        keep = set(subjects)
-        images = [e for e in images if e.get("subject") in keep]
+    texts = pointing_texts(aus, prompts, au_names)
     grid = _PatchGrid(model.image_size, model.clip.visual.grid_size)
-    plan = _draw_images(images, aus, faces.threshold, n_images, seed)
+    plan = _draw_images(faces, aus, n_images, seed)
     total = sum(len(c) for _, c in plan)
     results: dict[str, dict] = {}
     skipped = 0
     with progress_bar("pointing", total, enabled=progress and total > 0, transient=True) as bar:
         for au, cand in plan:
             point = _AUPointing(model, texts[au], grid, bar, start_layer, batch_size)
-            for e in cand:
-                boxes = [b for part in regions[au] for b in e.get("regions", {}).get(part, [])]
+            for face in cand:
                 try:
-                    img = read_rgb(root / e["path"])
-                except (OSError, ValueError, KeyError):
+                    img = read_rgb(face.path)
+                except (OSError, ValueError):
                     skipped += 1
                     bar.advance(1)
                     continue
-                point.add(img, boxes)
+                point.add(img, face.au_boxes(au))
             point.flush()
             results[au] = point.result()
     if skipped:
