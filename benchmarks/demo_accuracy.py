@@ -72,7 +72,8 @@ def _steps(run) -> int:
 def _evaluate(run, bundle, opts, task: str):
     """Scores of the run's model on the held-out part of its split, with clefctl.metrics."""
     from clefctl import metrics as M
-    from clefctl.finetune import predict_scores, split_for
+    from clefctl.finetune import split_for
+    from clefctl.scoring import predict_scores
     from clefctl.model import create
 
     train, test, _, _ = split_for(bundle, opts)
@@ -111,8 +112,9 @@ def main(argv=None) -> dict:
 
     from clefctl.data import load_dataset, synthetic
     from clefctl.engine import TrainConfig
-    from clefctl.finetune import FinetuneOptions, resolve_defaults, run_finetune
+    from clefctl.finetune import FinetuneOptions, run_finetune
     from clefctl.pretrain import PretrainOptions, run_pretrain
+    from clefctl.recipes import resolve_defaults
 
     log: list[dict] = []
     print(f"demo protocol in {work} ({torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs)"

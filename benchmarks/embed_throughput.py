@@ -3,7 +3,8 @@
 Both paths embed the same images with the same model and batch size:
 
 * baseline: a plain open_clip loop, ``model.encode_image(batch)`` in float32 under ``no_grad``;
-* clefctl: :func:`clefctl.store.fast_image_encoder`, a copy of the image tower cast to bfloat16
+* clefctl: :class:`clefctl.model.inference.ImageEncoder` (``ClefModel.encode_images`` with
+  ``dtype="auto"``), a copy of the image tower cast to bfloat16
   on CPUs with native bf16 (AVX512-BF16 / AMX), float32 elsewhere (not autocast: bf16 autocast
   is several times slower for CPU inference).
 
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
 
     from clefctl.data.transforms import transforms_for
     from clefctl.model import create
-    from clefctl.store import cpu_has_native_bf16, fast_image_encoder
+    from clefctl.model.inference import ImageEncoder, cpu_has_native_bf16
 
     print(f"clefctl embedding throughput: {args.arch}, {args.images} images, batch {args.batch_size}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
         with torch.no_grad():
             return F.normalize(clip.encode_image(b), dim=-1)
 
-    enc = fast_image_encoder(model)
+    enc = ImageEncoder(model)
     (base_s, base), (fast_s, fast) = timed([plain, enc], batches, args.repeats)
     cos = torch.sum(base * fast, dim=1)
     base_rate, fast_rate = args.images / base_s, args.images / fast_s

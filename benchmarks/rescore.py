@@ -35,10 +35,10 @@ def image_encoder_rate(arch: str, batches: int, batch_size: int) -> tuple[float,
     import torch
 
     from clefctl.model import create
-    from clefctl.store import fast_image_encoder
+    from clefctl.model.inference import ImageEncoder
 
     model = create(arch)
-    enc = fast_image_encoder(model)
+    enc = ImageEncoder(model)
     px = torch.randn(batch_size, 3, model.image_size, model.image_size)
     threads = torch.get_num_threads()
     best = 0.0

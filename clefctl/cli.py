@@ -29,8 +29,8 @@ COMMANDS: dict[str, str] = {
     "predict": "clefctl.commands.predict:predict",
     "explain": "clefctl.commands.explain:explain",
     "embed": "clefctl.commands.embed:embed",
-    "query": "clefctl.commands.embed:query",
-    "rescore": "clefctl.commands.embed:rescore",
+    "query": "clefctl.commands.query:query",
+    "rescore": "clefctl.commands.query:rescore",
 }
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from clefctl.errors import ClefError
-from clefctl.workspace import Run, Workspace
+from clefctl.workspace import INVOCATION_OPTIONS, Run, Workspace
 
 IGNORED_OPTION_KEYS = ("fold", "resume", "evaluate", "workspace")
 IGNORED_TRAIN_KEYS = ("progress",)
@@ -50,7 +50,7 @@ def _finetune_options(options: dict):
 
     o = copy.deepcopy(options)
     train = TrainConfig(**o.pop("train", {}))
-    for key in ("resume", "overrides", "trust_checkpoint"):  # trust comes only from a command line
+    for key in INVOCATION_OPTIONS:  # how a run was invoked (trust only ever from a command line)
         o.pop(key, None)
     return FinetuneOptions(**o, train=train)
 
@@ -81,8 +81,8 @@ def _load_bundle(cfg: dict, data_root=None, dataset_root=None):
 
 
 def _score_run(run: Run, samples, task: str, device=None, what: str = "test"):
-    """(model, :class:`clefctl.finetune.ScoredSamples` of its readable ``samples``)."""
-    from clefctl.finetune import predict_scores
+    """(model, :class:`clefctl.scoring.ScoredSamples` of its readable ``samples``)."""
+    from clefctl.scoring import predict_scores
     from clefctl.model import create
 
     model = create(weights=str(run.model_path), device=device)
@@ -291,7 +291,7 @@ def evaluate_checkpoint(checkpoint: str, dataset: str | None = None, split: str 
         samples = [s for s in bundle.samples if s.subject in subjects]
     if not samples:
         raise ClefError(f"no samples in split {split!r} of {bundle.name}")
-    from clefctl.finetune import predict_scores
+    from clefctl.scoring import predict_scores
 
     scored = _readable(predict_scores(model, samples, model.load_report.extras, bundle.task),
                        "test" if split == "test" else f"{split}-split")

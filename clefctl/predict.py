@@ -47,7 +47,7 @@ class Predictor:
         return cls(model, model.meta["task"], list(model.meta["classes"]))
 
     def scores(self, images: list) -> np.ndarray:
-        from clefctl.finetune import scores_from_features
+        from clefctl.scoring import scores_from_features
 
         if not images:
             return np.zeros((0, len(self.classes)))

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 import torch
 
 from clefctl import distributed as dist
-from clefctl.engine import (TrainConfig, Trainer, cache_images, check_batches, encode_text_trimmed,
-                            options_from_run, options_to_config)
+from clefctl.engine import Stage, StagePlan, TrainConfig, check_batches, run_stage
 from clefctl.errors import ClefError
 from clefctl.losses import pretrain_loss, sup_con
-from clefctl.model import ClefModel, save_checkpoint
+from clefctl.model import ClefModel, encode_text_trimmed, save_checkpoint
+from clefctl.recipes import augment_for
 from clefctl.workspace import Run, Workspace
 
 PRETRAIN_DATASETS = ("bp4d", "bp4dplus", "manifest", "synthetic-au")
@@ -119,29 +119,15 @@ def validate_options(opts: PretrainOptions) -> None:
         raise ClefError(f"--temperature must be a finite number > 0, got {opts.temperature!r}")
     if opts.max_frames is not None and not (isinstance(opts.max_frames, int) and opts.max_frames >= 1):
         raise ClefError(f"--max-frames must be an integer >= 1, got {opts.max_frames!r}")
-    from clefctl.finetune import augment_for
-
     augment_for(opts.arch, opts.crop_scale, opts.rotation)  # checks --crop-scale and --rotation
 
 
-def run_pretrain(opts: PretrainOptions) -> Run:
-    """Train stage 1 and return the run (its ``model.pt`` loads with ``clefctl.model.create``).
-
-    ``opts.resume`` continues an unfinished run (see ``Workspace.resume_target``) with its own options,
-    but those named in ``opts.overrides``. Everything is checked before a run folder is created; the
-    run's ``status.json`` then says running, finished, interrupted or failed.
-    """
-    from clefctl.data.records import SampleDataset
+def prepare(opts: PretrainOptions, ws: Workspace) -> StagePlan:
+    """Stage 1's data (two views of each frame, from memory when small), model and Eq. 2 task."""
+    from clefctl.data.records import SampleDataset, cache_images
     from clefctl.data.transforms import TwoViews, transforms_for
-    from clefctl.finetune import augment_for
     from clefctl.prompts import load_prompts
 
-    ws = Workspace(opts.workspace)
-    resume_run = ws.resume_target("pretrain", opts.resume) if opts.resume else None
-    if resume_run is not None:
-        opts = options_from_run(resume_run, opts)
-    validate_options(opts)
-    dist.setup_from_env()
     bundle = _load_pretrain_data(opts)
     prompts = load_prompts(opts.prompts or bundle.prompts or "bp4d")
     if not opts.no_activity_text:
@@ -157,27 +143,23 @@ def run_pretrain(opts: PretrainOptions) -> Run:
     dataset = SampleDataset(cache_images(bundle.samples, model.image_size),
                             TwoViews(transforms_for(model, train=True, **aug)),
                             classes_count=0, task="activity", activities=activities)
-    run = resume_run or ws.new_run("pretrain", f"{bundle.name}-{model.arch}")
-    if dist.is_main():
-        if resume_run is None:
-            run.save_config({"stage": "pretrain", "options": options_to_config(opts), "dataset": bundle.name,
-                             "arch": model.arch, "init_fingerprint": model.fingerprint,
-                             "frames": len(bundle.samples), "activities": activities, "prompts_hash": prompts.hash})
-            prompts.save(run.path / "prompts.yaml")
-        else:  # the options in force from now on (those given again replaced)
-            run.save_config({**run.config(), "options": options_to_config(opts)})
     task = PretrainTask(model, prompts, activities, opts.temperature, not opts.no_activity_text)
-    meta = {"stage": "pretrain", "dataset": bundle.name, "run": run.name}
-    with run.attempt(dist.is_main()):
-        trainer = Trainer(model, task, opts.train, run, meta,
-                          resume_flags="--trust-checkpoint" if opts.weights and opts.trust_checkpoint else "")
-        resume_from = trainer.last_path if resume_run is not None and trainer.last_path.is_file() else None
-        result = trainer.fit(dataset, resume_from=resume_from)
-        if dist.is_main():
-            report = {"epochs": result.epochs_done, "steps": result.global_step,
-                      "skipped_train_images": result.skipped_images}
-            save_checkpoint(run.model_path, model, dict(meta, **report))
-            run.mark("finished", **report)
-            ws.set_latest(run)
-    dist.barrier()
-    return run
+    return StagePlan(
+        opts, model, task, dataset, label=f"{bundle.name}-{model.arch}", prompts=prompts,
+        config={"dataset": bundle.name, "arch": model.arch, "init_fingerprint": model.fingerprint,
+                "frames": len(bundle.samples), "activities": activities, "prompts_hash": prompts.hash},
+        meta={"stage": "pretrain", "dataset": bundle.name},
+        save_results=lambda run, meta, report: save_checkpoint(run.model_path, model, dict(meta, **report)))
+
+
+STAGE = Stage("pretrain", validate_options, prepare)
+
+
+def run_pretrain(opts: PretrainOptions) -> Run:
+    """Train stage 1 and return the run (its ``model.pt`` loads with ``clefctl.model.create``).
+
+    ``opts.resume`` continues an unfinished run (see ``Workspace.resume_target``) with its own options,
+    but those named in ``opts.overrides``. Everything is checked before a run folder is created; the
+    run's ``status.json`` then says running, finished, interrupted or failed (:func:`clefctl.engine.run_stage`).
+    """
+    return run_stage(STAGE, opts)

@@ -1,7 +1,8 @@
 """Search and re-scoring over an embedding store (:mod:`clefctl.store`).
 
 Owns text and image queries (:func:`query_text`, :func:`query_image`), the class a free text is
-nearest to (:func:`nearest_classes`), zero-shot re-scoring of the cached image embeddings
+nearest to (:func:`nearest_classes`, and the precision@k of a query's hits for it:
+:func:`nearest_with_precision`), zero-shot re-scoring of the cached image embeddings
 against an edited prompt set (:func:`rescore`, which encodes only texts: the image encoder is
 never run), and contact sheets of hits (:func:`contact_sheet_of_hits`).
 
@@ -30,7 +31,8 @@ from typing import Sequence
 import numpy as np
 
 from clefctl.errors import ClefError
-from clefctl.store import EmbeddingStore, IndexParams, load_index
+from clefctl.store.format import EmbeddingStore
+from clefctl.store.index import IndexParams, load_index
 
 log = logging.getLogger(__name__)
 
@@ -167,14 +169,11 @@ def query_image(store, model, image: str | os.PathLike, k: int = 10, *, index: s
 
 
 def _encode_image_file(model, path: Path) -> np.ndarray:
-    from PIL import Image
-
+    from clefctl.data.records import read_rgb
     from clefctl.data.transforms import transforms_for
 
     try:
-        with Image.open(path) as raw:
-            raw.load()
-            img = raw.convert("RGB")
+        img = read_rgb(path)
     except (OSError, ValueError) as exc:
         raise ClefError(f"cannot read the query image ({exc})", path=path) from None
     pixels = transforms_for(model, train=False)(img).unsqueeze(0)
@@ -200,6 +199,32 @@ def nearest_classes(model, prompts, text: str, k: int = 5):
                          "class_id": [prompts.class_ids[i] for i in order],
                          "name": [prompts.class_names[i] for i in order],
                          "score": scores[order].astype(np.float32)})
+
+
+def nearest_with_precision(model, text: str, hits, store_config: dict | None = None, k: int = 3) -> dict:
+    """The ``k`` prompt classes nearest to ``text`` and precision@len(hits): the share of ``hits``
+    labelled with the nearest class (None when no hit carries a label).
+
+    The prompt set is the model's: the ``prompts.yaml`` of the run its weights file
+    (``store_config["weights"]``, from the embed run's config) lies in, else the prompt set of
+    the data set it was fine-tuned on (``model.meta``) or the store was embedded from, else bp4d.
+    Returns ``{"nearest": [{rank, class_id, name, score}, ...], "precision_at_k": float | None}``.
+    """
+    from clefctl.prompts import load_prompts
+
+    cfg = store_config or {}
+    weights = cfg.get("weights")
+    run_prompts = Path(weights).parent / "prompts.yaml" if weights and weights != "random" else None
+    name = str(run_prompts) if run_prompts is not None and run_prompts.is_file() else (
+        model.meta.get("dataset") or cfg.get("dataset") or "bp4d")
+    near = nearest_classes(model, load_prompts(name), text, k=k)
+    records = near.to_dict(orient="records")
+    best = records[0]["class_id"]
+    labelled = [str(v) for v in hits["labels"]]
+    precision = None
+    if any(labelled):
+        precision = sum(best in lab.replace("+", " ").split() for lab in labelled) / max(1, len(labelled))
+    return {"nearest": records, "precision_at_k": precision}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,7 +418,7 @@ def score_matrix(store: EmbeddingStore, class_vecs: np.ndarray, block_rows: int 
     import torch
 
     c = class_vecs.shape[0]
-    padded = -(-c // 16) * 16          # a skinny (n, 7) GEMM is ~3x slower than (n, 16) on CPU
+    padded = -(-c // 16) * 16          # a skinny (n, 7) GEMM is slower than (n, 16) on CPU
     t = torch.zeros(class_vecs.shape[1], padded)
     t[:, :c] = torch.from_numpy(np.ascontiguousarray(class_vecs, dtype=np.float32)).T
     out = np.empty((store.count, c), dtype=np.float32)
@@ -449,25 +474,24 @@ def rescore(store, model, prompts, mode: str = "names", *, logit_scale: float | 
 
 
 def _thumb(row, size: int):
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
+
+    from clefctl.data.records import crop_to_box, read_rgb
 
     path = row.get("path") or ""
     if not path:
         return None, "no image file"
     try:
-        with Image.open(path) as raw:
-            raw.load()
-            img = raw.convert("RGB")
+        img = read_rgb(path)
     except FileNotFoundError:
         return None, "not found"
     except (OSError, ValueError):
         return None, "unreadable"
     bw = row.get("box_w", -1)
     if bw is not None and not (isinstance(bw, float) and np.isnan(bw)) and int(bw) > 0:
-        x, y, w, h = (int(row["box_x"]), int(row["box_y"]), int(row["box_w"]), int(row["box_h"]))
-        box = (max(0, x), max(0, y), min(img.width, x + w), min(img.height, y + h))
-        if box[2] > box[0] and box[3] > box[1]:
-            img = img.crop(box)
+        box = (row["box_x"], row["box_y"], row["box_w"], row["box_h"])
+        cropped = crop_to_box(img, box)
+        img = img if cropped is None else cropped
     return ImageOps.pad(img, (size, size), color=(30, 30, 30)), ""
 
 
@@ -481,46 +505,26 @@ def contact_sheet_of_hits(hits, out_png: str | os.PathLike, *, cols: int = 5, th
     is raised and no sheet written. Written atomically.
     """
     import pandas as pd
-    from PIL import Image, ImageDraw, ImageFont
 
-    from clefctl.paths import atomic_path
+    from clefctl.plots import Tile, thumbnail_grid
 
     frames = hits if isinstance(hits, (list, tuple)) else [hits]
     frames = [f if isinstance(f, pd.DataFrame) else pd.DataFrame(f) for f in frames]
     if not frames or all(len(f) == 0 for f in frames):
         raise ClefError("no hits to draw")
-    font = ImageFont.load_default()
-    cols = max(1, int(cols))
-    cap_h, head_h = 34, 18
-    blocks = []
-    for f in frames:
-        rows = max(1, -(-len(f) // cols))
-        blocks.append((f, rows))
-    width = cols * thumb
-    height = sum(head_h + r * (thumb + cap_h) for _, r in blocks)
-    sheet = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    y0 = 0
+    sections = []
     failed: list[tuple[str, str]] = []   # (path or id, why) of the tiles drawn grey
-    for f, rows in blocks:
+    for f in frames:
         head = title if (title and len(frames) == 1) else (f.attrs.get("query") or title or "")
-        draw.text((4, y0 + 3), str(head)[: width // 6], fill=(0, 0, 0), font=font)
-        y0 += head_h
+        cells = []
         for i, (_, r) in enumerate(f.iterrows()):
             rec = r.to_dict()
-            x, y = (i % cols) * thumb, y0 + (i // cols) * (thumb + cap_h)
             img, why = _thumb(rec, thumb)
             if img is None:
                 failed.append((str(rec.get("path") or rec.get("id", "")), why))
-                draw.rectangle([x, y, x + thumb - 1, y + thumb - 1], fill=(160, 160, 160))
-                draw.text((x + 4, y + thumb // 2 - 6), why, fill=(0, 0, 0), font=font)
-            else:
-                sheet.paste(img, (x, y))
-            chars = max(8, thumb // 6)
             line1 = f"#{int(rec.get('rank', i + 1))} {float(rec.get('score', float('nan'))):.3f} {rec.get('id', '')}"
-            draw.text((x + 2, y + thumb + 2), line1[:chars], fill=(0, 0, 0), font=font)
-            draw.text((x + 2, y + thumb + 17), str(rec.get("labels", ""))[:chars], fill=(90, 90, 90), font=font)
-        y0 += rows * (thumb + cap_h)
+            cells.append(Tile(img, (line1, str(rec.get("labels", ""))), note=why))
+        sections.append((str(head), cells))
     tiles = sum(len(f) for f in frames)
     if failed:
         where, why = failed[0]
@@ -533,12 +537,9 @@ def contact_sheet_of_hits(hits, out_png: str | os.PathLike, *, cols: int = 5, th
                                  "the store's images were embedded from memory, not from files")
         log.warning("%d of %d hit images could not be read and are drawn as grey tiles "
                     "(e.g. %s: %s)", len(failed), tiles, where, why)
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        sheet.save(tmp, format="PNG")
-    return out_png
+    return thumbnail_grid(sections, out_png, cols=cols, tile_px=thumb)
 
 
-__all__ = ["query_text", "query_image", "search_vectors", "hits_frame", "nearest_classes",
+__all__ = ["query_text", "query_image", "search_vectors", "hits_frame", "nearest_classes", "nearest_with_precision",
            "class_texts", "class_text_embeddings", "rescore", "RescoreResult", "score_matrix",
            "contact_sheet_of_hits", "RESCORE_MODES"]

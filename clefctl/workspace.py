@@ -30,7 +30,7 @@ import contextlib
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -308,3 +308,42 @@ class Workspace:
             return Run(cand, stage)
         raise ClefError(f"no {stage} run named {ref!r}", path=self.stage_dir(stage),
                         hint="give a run folder, a run name, or 'latest'")
+
+
+# A training run's stored options. How this invocation runs, never what the run is: always this
+# invocation's, never stored in or restored from config.yaml. Trust in particular comes from the
+# current command line only.
+INVOCATION_OPTIONS = ("resume", "overrides", "workspace", "trust_checkpoint")
+INVOCATION_TRAIN_OPTIONS = ("progress",)
+
+
+def options_to_config(opts) -> dict:
+    """A stage's options dataclass as the plain dict a run's config.yaml stores (INVOCATION_OPTIONS
+    but ``workspace`` left out: they say how a run was started, not what it is)."""
+    d = asdict(opts)
+    for k in INVOCATION_OPTIONS:
+        if k != "workspace":
+            d.pop(k, None)
+    return d
+
+
+def options_from_run(run: Run, given):
+    """The options to resume ``run`` with: every option it was started with (its config.yaml), except
+    the ones named in ``given.overrides`` (field names of the stage's options or of its ``train``
+    TrainConfig, e.g. ``{"max_steps", "device"}``: given again for this invocation), which come from
+    ``given``, as do INVOCATION_OPTIONS and ``progress`` always."""
+    stored = dict(run.config().get("options") or {})
+    stored_train = dict(stored.pop("train", None) or {})
+    opt_names = [f.name for f in fields(given) if f.name != "train"]
+    train_names = [f.name for f in fields(given.train)]
+    overrides = set(getattr(given, "overrides", None) or ())
+    unknown = sorted(overrides - set(opt_names) - set(train_names))
+    if unknown:
+        raise ClefError(f"unknown option name(s) in overrides: {', '.join(unknown)}",
+                        hint=f"use field names of {type(given).__name__} or TrainConfig")
+    current = overrides | set(INVOCATION_OPTIONS)
+    opts = {n: stored[n] if n in stored and n not in current else getattr(given, n) for n in opt_names}
+    current_train = overrides | set(INVOCATION_TRAIN_OPTIONS)
+    train = {n: stored_train[n] if n in stored_train and n not in current_train else getattr(given.train, n)
+             for n in train_names}
+    return replace(given, **opts, train=type(given.train)(**train))

@@ -65,3 +65,13 @@ def test_predict_video_writes_timeline(workspace, tmp_path):
     summary = json.loads(r.output)
     assert summary["rows"] == 3 and len(summary["timelines"]) == 1
     assert (tmp_path / "v_clip_timeline.png").is_file()
+
+
+def test_scoring_needs_no_training_module():
+    """Scoring a photo (clefctl.scoring, predict) does not import the stage-2 training module."""
+    import subprocess
+    import sys
+
+    code = ("import sys, clefctl.scoring, clefctl.predict; "
+            "assert not {'clefctl.finetune', 'clefctl.pretrain', 'clefctl.engine'} & set(sys.modules), sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -71,7 +71,7 @@ def fer_run(broken_fer, tmp_path_factory):
 
 def _own_scores(model_path, samples) -> dict[str, np.ndarray]:
     """Each sample scored on its own (a batch of one), by id."""
-    from clefctl.finetune import predict_scores
+    from clefctl.scoring import predict_scores
     from clefctl.model import create
 
     model = create(weights=str(model_path))
@@ -92,7 +92,7 @@ def test_finetune_test_metrics_leave_unreadable_images_out(fer_run, broken_fer):
 
 
 def test_predict_scores_rows_belong_to_their_own_images(fer_run, broken_fer):
-    from clefctl.finetune import predict_scores, quick_metrics
+    from clefctl.scoring import predict_scores, quick_metrics
     from clefctl.model import create
 
     run, _ = fer_run

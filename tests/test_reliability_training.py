@@ -18,11 +18,11 @@ import yaml
 
 from clefctl import model as M
 from clefctl.cli import main
-from clefctl.engine import TrainConfig, options_from_run, options_to_config
+from clefctl.engine import TrainConfig
 from clefctl.errors import ClefError, Interrupted
 from clefctl.finetune import FinetuneOptions, FinetuneTask, run_finetune
 from clefctl.pretrain import PretrainOptions, PretrainTask, run_pretrain
-from clefctl.workspace import Run, Workspace
+from clefctl.workspace import Run, Workspace, options_from_run, options_to_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

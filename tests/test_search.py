@@ -191,7 +191,8 @@ def test_embed_and_query_commands(tmp_path):
 
     from click.testing import CliRunner
 
-    from clefctl.commands.embed import embed, query
+    from clefctl.commands.embed import embed
+    from clefctl.commands.query import query
 
     rng = np.random.default_rng(3)
     for cls in ("happy", "sad"):
@@ -220,3 +221,41 @@ def test_embed_and_query_commands(tmp_path):
     assert res.exit_code == 0 and json.loads(res.output)["hits"][0]["id"] == target
     res = runner.invoke(query, ["--workspace", ws])
     assert res.exit_code != 0 and "exactly one" in str(res.exception)
+
+
+def _folder_images(root, n=6):
+    rng = np.random.default_rng(3)
+    for cls in ("happy", "sad"):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_query_without_a_store_builds_it_through_run_embed(tmp_path, monkeypatch):
+    import dataclasses
+    import json
+
+    from click.testing import CliRunner
+
+    from clefctl.commands.query import query
+    from clefctl.store import embed as store_embed
+
+    imgs = _folder_images(tmp_path / "imgs")
+    ws = str(tmp_path / "ws")
+    real, calls = store_embed.run_embed, []
+
+    def spy(opts):
+        calls.append(opts)
+        # the bare `clefctl embed` of this workspace, pointed at a data set and a random model
+        return real(dataclasses.replace(opts, dataset="folder", dataset_root=str(imgs), weights="random",
+                                        arch="clef-tiny", workers=0, batch_size=4, chunk_size=4))
+
+    monkeypatch.setattr(store_embed, "run_embed", spy)
+    res = CliRunner().invoke(query, ["a happy face", "-k", "3", "--workspace", ws, "--json"])
+    assert res.exit_code == 0, res.output
+    assert calls == [store_embed.EmbedOptions(workspace=ws)]            # the same defaults as `clefctl embed`
+    assert [h["rank"] for h in json.loads(res.stdout)["hits"]] == [1, 2, 3]   # stdout: the query's JSON only
+    assert "no embedding store yet" in res.stderr and "12 images in" in res.stderr
+    res = CliRunner().invoke(query, ["a sad face", "-k", "2", "--workspace", ws, "--json"])
+    assert res.exit_code == 0 and len(calls) == 1                       # the store exists now: no embedding

@@ -22,6 +22,7 @@ from clefctl import store as S
 from clefctl.data.records import Sample
 from clefctl.errors import ClefError
 from clefctl.model import create
+from clefctl.model.inference import ImageEncoder, cpu_has_native_bf16, inference_dtype
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.filterwarnings("ignore:unreadable image skipped:RuntimeWarning"),
@@ -414,18 +415,18 @@ def test_text_cache_hits_and_misses(tmp_path, model):
 
 
 def test_fast_encoder_is_a_bf16_copy_when_the_cpu_has_bf16(model):
-    enc = S.fast_image_encoder(model)
-    expected = torch.bfloat16 if S.cpu_has_native_bf16() else torch.float32
+    enc = ImageEncoder(model)
+    expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     assert enc.dtype == expected
     assert next(model.clip.visual.parameters()).dtype == torch.float32   # the model is untouched
     px = torch.randn(4, 3, model.image_size, model.image_size)
     ref = model.encode_images(px)
     for dt in ("auto", "bfloat16", "float32"):
-        out = S.fast_image_encoder(model, dt)(px)
+        out = ImageEncoder(model, dt)(px)
         assert out.dtype == torch.float32 and out.shape == ref.shape
         assert torch.min(torch.sum(out * ref, dim=1)) > 0.995
     with pytest.raises(ClefError, match="inference dtype"):
-        S.inference_dtype("cpu", "int8")
+        inference_dtype("cpu", "int8")
 
 
 def test_lookup3_and_status_flags(tmp_path):
@@ -455,3 +456,45 @@ def test_writer_lock_is_exclusive(tmp_path):
         assert rc == 3
         del held
     assert S.WriterLock(path).try_acquire()
+
+
+def test_run_embed_returns_the_run_and_writes_its_files(tmp_path):
+    from clefctl.store.embed import STORE_NAME, EmbedOptions, run_embed
+    from clefctl.workspace import Run, Workspace
+
+    rng = np.random.default_rng(3)
+    for cls in ("happy", "sad"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(
+                tmp_path / "imgs" / cls / f"{i}.png")
+    ws = str(tmp_path / "ws")
+    opts = EmbedOptions(dataset="folder", dataset_root=str(tmp_path / "imgs"), weights="random", arch="clef-tiny",
+                        workspace=ws, batch_size=4, chunk_size=4, workers=0, progress=False)
+    res = run_embed(opts)
+    assert isinstance(res.run, Run) and res.main and res.store_path == res.run.path / STORE_NAME
+    assert res.report.rows == 10 and res.report.complete and res.summary["index"]["kind"] == "flat"
+    cfg = res.run.config()
+    assert cfg["store"] == STORE_NAME and cfg["weights"] == "random" and cfg["fingerprint"] == "clef-tiny@random:0"
+    assert json.loads((res.run.path / "report.json").read_text()) == json.loads(json.dumps(res.summary, default=str))
+    assert Workspace(ws).latest("embed").path == res.run.path
+    again = run_embed(opts)                                          # same model and images: resumes, nothing to do
+    assert again.run.path == res.run.path and again.report.embedded_now == 0
+    out = tmp_path / "elsewhere" / "s.h5"                            # --out: a store file, no run folder
+    other = run_embed(EmbedOptions(**{**opts.__dict__, "out": str(out), "index": "none"}))
+    assert other.run is None and other.store_path == out and out.is_file() and "index" not in other.summary
+    assert not (out.parent / "config.yaml").exists() and Workspace(ws).latest("embed").path == res.run.path
+
+
+def test_the_inference_copy_follows_the_model_weights():
+    m = create("clef-tiny")
+    px = torch.randn(3, 3, m.image_size, m.image_size)
+    before = m.encode_images(px, dtype="bfloat16")
+    assert torch.equal(before, ImageEncoder(m, "bfloat16")(px))       # one path, one cached copy
+    with torch.no_grad():
+        for p in m.clip.visual.parameters():
+            p.mul_(1.5)
+    after = m.encode_images(px, dtype="bfloat16")
+    assert not torch.equal(before, after)                            # trained weights: a new copy
+    assert torch.min(torch.sum(after * m.encode_images(px), dim=1)) > 0.995
+    assert next(m.clip.visual.parameters()).dtype == torch.float32

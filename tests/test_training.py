@@ -159,6 +159,66 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
 
 
+def _toy_stage(tmp_path, seen: list, validate=lambda opts: None, nan_at=None):
+    """A minimal stage plugged into the one stage runner: the toy task on the toy data set."""
+    from dataclasses import dataclass, field
+
+    from clefctl.engine import Stage, StagePlan
+    from clefctl.prompts import load_prompts
+
+    @dataclass
+    class ToyOptions:
+        workspace: str | None = str(tmp_path)
+        resume: str | None = None
+        overrides: frozenset = frozenset()
+        note: str = "toy"
+        train: TrainConfig = field(default_factory=lambda: _cfg(epochs=1, batch_size=8))
+
+    def prepare(opts, ws):
+        model = M.create("clef-tiny")
+        return StagePlan(opts, model, _ToyTask(model, nan_at=nan_at), _toy_dataset(16), label="toy",
+                         config={"toy": True}, prompts=load_prompts("rafdb"), meta={"stage": "pretrain"},
+                         save_results=lambda run, meta, report: seen.append((run.name, meta, report)))
+    return Stage("pretrain", validate, prepare), ToyOptions()
+
+
+def test_a_stage_plugged_into_the_runner_runs_and_records_its_run(tmp_path):
+    """engine.run_stage: the stage's task trains; config.yaml (stage, options, the stage's own
+    entries), prompts.yaml, the stage's results, status.json (finished, with the report) and LATEST."""
+    from clefctl.engine import run_stage
+
+    seen: list = []
+    stage, opts = _toy_stage(tmp_path, seen)
+    run = run_stage(stage, opts)
+    report = {"epochs": 1, "steps": 2, "skipped_train_images": 0}
+    assert seen == [(run.name, {"stage": "pretrain", "run": run.name}, report)]
+    status = run.status()
+    assert status["state"] == "finished" and {k: status[k] for k in report} == report
+    cfg = run.config()
+    assert cfg["stage"] == "pretrain" and cfg["toy"] is True and cfg["options"]["note"] == "toy"
+    assert "resume" not in cfg["options"] and "overrides" not in cfg["options"]
+    assert (run.path / "prompts.yaml").is_file() and (run.checkpoints / "last.pt").is_file()
+    assert [r["step"] for r in run.metrics() if r["kind"] == "step"] == [1, 2]
+    assert Workspace(tmp_path).latest("pretrain").path == run.path
+
+
+def test_the_stage_runner_checks_options_before_a_run_folder_and_marks_a_failed_run(tmp_path):
+    from clefctl.engine import run_stage
+
+    def refuse(opts):
+        raise ClefError("--note must not be toy")
+
+    seen: list = []
+    with pytest.raises(ClefError, match="--note"):
+        run_stage(_toy_stage(tmp_path, seen, validate=refuse)[0], _toy_stage(tmp_path, seen)[1])
+    assert not (tmp_path / "pretrain").exists()
+    with pytest.raises(ClefError, match="loss became nan"):
+        run_stage(*_toy_stage(tmp_path, seen, nan_at=1))
+    (run,) = Workspace(tmp_path).runs("pretrain")
+    assert run.status()["state"] == "failed" and not seen
+    assert Workspace(tmp_path).latest("pretrain") is None
+
+
 def test_cli_pretrain_and_finetune_json(synth, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
@@ -176,7 +236,7 @@ def test_cli_pretrain_and_finetune_json(synth, tmp_path, monkeypatch):
     out = json.loads(r.output)
     assert "accuracy" in out and out["protocol"] == "official train/test split"
     # Options left out on the command line resolve exactly as the library's defaults do.
-    from clefctl.finetune import SMALL_MODEL_LR
+    from clefctl.recipes import SMALL_MODEL_LR
 
     train = Workspace(ws).latest("finetune").config()["options"]["train"]
     assert train["lr"] == SMALL_MODEL_LR and train["batch_size"] == 16 and train["warmup_epochs"] > 0
@@ -212,7 +272,7 @@ def test_tiny_model_learns_expressions_of_held_out_identities(synth, tmp_path):
 
 
 def test_finetune_defaults_paper_for_pretrained_archs_small_for_tiny():
-    from clefctl.finetune import resolve_defaults
+    from clefctl.recipes import resolve_defaults
 
     paper = resolve_defaults(FinetuneOptions().train, "ViT-B-16-quickgelu", "disfa", "au", 10_000)
     assert (paper.lr, paper.batch_size, paper.epochs, paper.warmup_epochs) == (1e-4, 64, 5.0, 0.5)
@@ -225,9 +285,9 @@ def test_finetune_defaults_paper_for_pretrained_archs_small_for_tiny():
 
 
 def test_trimmed_text_encoding_equals_the_full_text_tower():
-    """engine.encode_text_trimmed runs the causal text tower only up to the last real token; the
+    """model.encode_text_trimmed runs the causal text tower only up to the last real token; the
     features equal clip.encode_text on the full context (what its docstring claims)."""
-    from clefctl.engine import encode_text_trimmed
+    from clefctl.model import encode_text_trimmed
 
     m = M.create("clef-tiny", seed=2)
     tokens = m.tokenizer(["lip corner puller", "a photo of a person with brow lowerer and jaw drop."])
@@ -244,13 +304,12 @@ def test_trimmed_text_encoding_equals_the_full_text_tower():
 
 
 def test_cache_images_decodes_once_and_respects_the_budget(tmp_path):
-    """engine.cache_images: the cached pixels are the decoded, box-cropped image; a set over the
+    """records.cache_images: the cached pixels are the decoded, box-cropped image; a set over the
     budget comes back unchanged; an unreadable file keeps its record for the data set to skip."""
     import numpy as np
     from PIL import Image
 
-    from clefctl.data.records import Sample, open_image
-    from clefctl.engine import cache_images
+    from clefctl.data.records import Sample, cache_images, open_image
 
     rng = np.random.default_rng(0)
     paths = []

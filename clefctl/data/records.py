@@ -6,7 +6,8 @@ Owns the :class:`Sample` and :class:`DatasetBundle` contracts (docs/architecture
 happens to one: ``"substitute"`` (training, the default) serves the next readable sample
 instead and counts the unreadable ones in ``.skipped``; ``"mark"`` (evaluation, inference)
 never substitutes: :func:`collate` leaves the item out and lists its index in the batch's
-``"unreadable"``. :func:`encode_readable` encodes samples that way for scoring.
+``"unreadable"``. :func:`encode_readable` encodes samples that way for scoring;
+:func:`cache_images` holds a small training set's decoded images in memory.
 
 The bottom section holds small helpers shared by the adapters (root checks, reading list
 files as text (:func:`open_text`), numeric frame listing, AU id parsing).
@@ -300,6 +301,43 @@ def encode_readable(encode: Callable[[torch.Tensor], torch.Tensor], samples: Seq
             feats.append(encode(batch["image"]))
             kept += batch["index"].tolist()
     return (torch.cat(feats) if feats else None), kept, sorted(unreadable)
+
+
+def cache_images(samples: list, image_size: int, budget_mb: float = 1024.0) -> list:
+    """Copies of ``samples`` with their decoded pixels in memory, when the data set is small.
+
+    Each image is opened once (face box applied) and kept as uint8 RGB, shrunk (bicubic) only when
+    its longer side exceeds ``2 * image_size``; training transforms then start from memory instead
+    of decoding a JPEG per sample per epoch. When the first images suggest the whole set needs more
+    than ``budget_mb``, the samples are returned unchanged. An unreadable image keeps its record, so
+    the data set skips and counts it as before.
+    """
+    from dataclasses import replace
+
+    samples = list(samples)
+    if not samples or budget_mb <= 0:
+        return samples
+    limit = 2 * int(image_size)
+    out, used = [], 0
+    for i, s in enumerate(samples):
+        if s.pixels is not None and s.box is None:
+            out.append(s)
+            continue
+        try:
+            img = open_image(s)
+        except Exception:  # noqa: BLE001 - left to SampleDataset, which skips and counts it
+            out.append(s)
+            continue
+        if max(img.size) > limit:
+            k = limit / max(img.size)
+            img = img.resize((max(1, round(img.width * k)), max(1, round(img.height * k))), Image.BICUBIC)
+        arr = np.asarray(img, dtype=np.uint8)
+        used += arr.nbytes
+        if i == 15 or i == len(samples) - 1 or used > budget_mb * 2 ** 20:
+            if used / (i + 1) * len(samples) > budget_mb * 2 ** 20:
+                return samples
+        out.append(replace(s, path=None, pixels=arr, box=None))
+    return out
 
 
 # ------------------------------------------------------------------- adapter helpers

@@ -27,3 +27,5 @@ from clefctl.model.factory import (CHECKPOINT_FORMAT, ClefModel, create, resolve
                                    save_checkpoint)
 from clefctl.model.formats import (LoadReport, infer_architectures, read_weights_file, sha256_file,  # noqa: F401
                                    state_dict_signature)
+from clefctl.model.text import encode_text_trimmed  # noqa: F401
+from clefctl.model.inference import ImageEncoder, cpu_has_native_bf16, inference_dtype  # noqa: F401

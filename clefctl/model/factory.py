@@ -69,17 +69,22 @@ class ClefModel:
             return torch.zeros(0, self.embed_dim)
         return torch.cat(outs)
 
-    def encode_images(self, pixels, batch_size: int = 64) -> torch.Tensor:
-        """(N, 3, H, W) preprocessed pixels, or a list of PIL images -> (N, D) unit float32."""
+    def encode_images(self, pixels, batch_size: int = 64, dtype="float32") -> torch.Tensor:
+        """(N, 3, H, W) preprocessed pixels, or a list of PIL images -> (N, D) unit float32.
+
+        The one image-encoding path. ``dtype`` "float32" runs the model itself; "auto",
+        "bfloat16" or "float16" (or a torch dtype) run a cached copy of the image tower cast to
+        it (:mod:`clefctl.model.inference`: auto = bf16 on CPUs with native bf16, fp16 on CUDA)."""
+        from clefctl.model.inference import image_tower
+
+        encode, cast = image_tower(self, dtype)
         if isinstance(pixels, torch.Tensor):
             if pixels.ndim == 3:
                 pixels = pixels.unsqueeze(0)
-            dtype = next(self.clip.parameters()).dtype
-            return self._run(self.clip.encode_image, pixels, batch_size, lambda b: b.to(dtype))
+            return self._run(encode, pixels, batch_size, lambda b: b.to(cast))
         items = list(pixels)
-        dtype = next(self.clip.parameters()).dtype
-        return self._run(self.clip.encode_image, items, batch_size,
-                         lambda b: torch.stack([self.preprocess(im) for im in b]).to(dtype))
+        return self._run(encode, items, batch_size,
+                         lambda b: torch.stack([self.preprocess(im) for im in b]).to(cast))
 
     def encode_texts(self, texts: Iterable[str], batch_size: int = 256) -> torch.Tensor:
         """A list of strings -> (N, D) unit float32."""

@@ -1,33 +1,34 @@
-"""One training loop for both CLEF stages.
+"""The one training loop of both CLEF stages.
 
 AdamW with a linear warm-up and cosine decay to ``min_lr``; optional gradient clipping; bf16
 autocast (``amp``); ``torchrun`` data parallelism with gradients averaged over ranks; seeded,
-exactly resumable runs; a rich progress bar; ``metrics.jsonl``; atomic checkpoints every epoch
-and on SIGINT/SIGTERM (which then raise :class:`clefctl.errors.Interrupted` naming the checkpoint
-and the resume command); a NaN/inf loss stops the run and keeps the last good checkpoint. On resume,
-``metrics.jsonl`` is cut back to the checkpoint's step, so it ends equal to an uninterrupted run's.
-Unreadable training images are skipped and counted, also when DataLoader workers load them.
+exactly resumable runs; the progress bar of :func:`clefctl.ui.progress_bar`; ``metrics.jsonl``;
+atomic checkpoints every epoch and on SIGINT/SIGTERM (which then raise
+:class:`clefctl.errors.Interrupted` naming the checkpoint and the resume command); a NaN/inf loss
+stops the run and keeps the last good checkpoint. On resume, ``metrics.jsonl`` is cut back to the
+checkpoint's step, so it ends equal to an uninterrupted run's. Unreadable training images are
+skipped and counted, also when DataLoader workers load them.
 
 A stage supplies a :class:`Task`: which modules train, and ``loss(batch, step_rng)`` returning
 the loss and the numbers to log. Everything random in a step is a pure function of
 (seed, epoch, sample index) or (seed, global step), which is what makes ``--resume`` exact.
 
-Per-step efficiency on small CPUs (measured on clef-tiny, one thread): AdamW's fused kernel
-(``_adamw``: 9 ms instead of 54 ms per step, dominated by the 6.3M-entry token embedding),
-decoded images held in memory for small data sets (:func:`cache_images`: ~3x faster sample
-loading, no per-step JPEG decode), and text towers run only up to the longest prompt in the batch
-(:func:`encode_text_trimmed`: exact for causal CLIP text towers).
+Per-step cost on small CPUs is kept down by AdamW's fused kernel (:func:`_adamw`: one pass over
+all parameters, which matters for the large token embedding), decoded images held in memory for
+small data sets (:func:`clefctl.data.records.cache_images`) and text towers run only up to the
+longest prompt in the batch (:func:`clefctl.model.encode_text_trimmed`); docs/performance.md has
+the measurements.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import os
 import random
 import shlex
 import signal
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -39,6 +40,7 @@ from clefctl import distributed as dist
 from clefctl.errors import ClefError, Interrupted
 from clefctl.model import ClefModel
 from clefctl.paths import atomic_path
+from clefctl.ui import progress_bar
 from clefctl.workspace import Run
 
 
@@ -107,8 +109,8 @@ class Task(Protocol):
 
 
 def choose_amp(amp: str, device: torch.device, model: ClefModel) -> torch.dtype | None:
-    """bf16 autocast or None. ``auto``: bf16 on CUDA; on CPU only for wide models (measured here:
-    autocast made a ViT-B-16 training step 1.8x faster on an AVX512-BF16 CPU but clef-tiny slower)."""
+    """bf16 autocast or None. ``auto``: bf16 on CUDA; on CPU only for wide models (on a CPU with
+    bf16 instructions autocast speeds up a ViT-B-16 step but slows down a narrow clef-tiny one)."""
     if amp == "off":
         return None
     if amp == "bf16":
@@ -178,122 +180,13 @@ def lr_lambda(total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> 
 def _adamw(groups: list[dict], lr: float, device: torch.device) -> torch.optim.AdamW:
     """CLIP's AdamW (betas 0.9/0.98, eps 1e-6), fused where torch has the kernel for the device.
 
-    The fused kernel does the same update in one pass over all parameters: on CPU it cut the
-    optimizer step of clef-tiny (7.9M parameters, 6.3M of them the token embedding) from 54 to 9 ms.
+    The fused kernel does the same update in one pass over all parameters, much faster on CPU for
+    small models, whose parameters are mostly the token embedding.
     """
     try:
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
     except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or dtype
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
-
-
-def encode_text_trimmed(clip: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """``clip.encode_text(tokens)`` computed only over the columns up to the last non-padding token.
-
-    Exact for open_clip's CLIP text tower (causal mask, features taken at the end-of-text token):
-    no position before the end token attends to the padding after it. A label name uses ~13 of
-    the 48-77 positions, so this is several times cheaper. Other text towers use encode_text.
-    """
-    mask = getattr(clip, "attn_mask", None)
-    pool = getattr(clip, "text_pool_type", None)
-    if (tokens.ndim != 2 or mask is None or pool != "argmax" or not hasattr(clip, "token_embedding")
-            or not hasattr(clip, "positional_embedding") or getattr(clip, "text_no_grad", False)):
-        return clip.encode_text(tokens)
-    used = (tokens != 0).any(0).nonzero()
-    n = int(used.max()) + 1 if used.numel() else 1
-    if n >= tokens.shape[1]:
-        return clip.encode_text(tokens)
-    from open_clip.transformer import text_global_pool
-
-    cast_dtype = clip.transformer.get_cast_dtype()
-    t = tokens[:, :n]
-    x = clip.token_embedding(t).to(cast_dtype) + clip.positional_embedding[:n].to(cast_dtype)
-    x = clip.transformer(x, attn_mask=mask[:n, :n])
-    x = clip.ln_final(x)
-    x = text_global_pool(x, t, pool)
-    proj = clip.text_projection
-    if proj is None:
-        return x
-    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
-
-
-def cache_images(samples: list, image_size: int, budget_mb: float = 1024.0) -> list:
-    """Copies of ``samples`` with their decoded pixels in memory, when the data set is small.
-
-    Each image is opened once (face box applied) and kept as uint8 RGB, shrunk (bicubic) only when
-    its longer side exceeds ``2 * image_size``; training transforms then start from memory instead
-    of decoding a JPEG per sample per epoch. When the first images suggest the whole set needs more
-    than ``budget_mb``, the samples are returned unchanged. An unreadable image keeps its record, so
-    the data set skips and counts it as before.
-    """
-    from dataclasses import replace
-
-    from PIL import Image
-
-    from clefctl.data.records import open_image
-
-    samples = list(samples)
-    if not samples or budget_mb <= 0:
-        return samples
-    limit = 2 * int(image_size)
-    out, used = [], 0
-    for i, s in enumerate(samples):
-        if s.pixels is not None and s.box is None:
-            out.append(s)
-            continue
-        try:
-            img = open_image(s)
-        except Exception:  # noqa: BLE001 - left to SampleDataset, which skips and counts it
-            out.append(s)
-            continue
-        if max(img.size) > limit:
-            k = limit / max(img.size)
-            img = img.resize((max(1, round(img.width * k)), max(1, round(img.height * k))), Image.BICUBIC)
-        arr = np.asarray(img, dtype=np.uint8)
-        used += arr.nbytes
-        if i == 15 or i == len(samples) - 1 or used > budget_mb * 2 ** 20:
-            if used / (i + 1) * len(samples) > budget_mb * 2 ** 20:
-                return samples
-        out.append(replace(s, path=None, pixels=arr, box=None))
-    return out
-
-
-# How this invocation runs, never what the run is: always this invocation's, never stored in or
-# restored from config.yaml. Trust in particular comes from the current command line only.
-INVOCATION_OPTIONS = ("resume", "overrides", "workspace", "trust_checkpoint")
-INVOCATION_TRAIN_OPTIONS = ("progress",)
-
-
-def options_to_config(opts) -> dict:
-    """A stage's options dataclass as the plain dict a run's config.yaml stores (INVOCATION_OPTIONS
-    but ``workspace`` left out: they say how a run was started, not what it is)."""
-    d = asdict(opts)
-    for k in INVOCATION_OPTIONS:
-        if k != "workspace":
-            d.pop(k, None)
-    return d
-
-
-def options_from_run(run: Run, given):
-    """The options to resume ``run`` with: every option it was started with (its config.yaml), except
-    the ones named in ``given.overrides`` (field names of the stage's options or of TrainConfig, e.g.
-    ``{"max_steps", "device"}``: given again for this invocation), which come from ``given``, as do
-    INVOCATION_OPTIONS and ``progress`` always."""
-    stored = dict(run.config().get("options") or {})
-    stored_train = dict(stored.pop("train", None) or {})
-    opt_names = [f.name for f in fields(given) if f.name != "train"]
-    train_names = [f.name for f in fields(TrainConfig)]
-    overrides = set(getattr(given, "overrides", None) or ())
-    unknown = sorted(overrides - set(opt_names) - set(train_names))
-    if unknown:
-        raise ClefError(f"unknown option name(s) in overrides: {', '.join(unknown)}",
-                        hint=f"use field names of {type(given).__name__} or TrainConfig")
-    current = overrides | set(INVOCATION_OPTIONS)
-    opts = {n: stored[n] if n in stored and n not in current else getattr(given, n) for n in opt_names}
-    current_train = overrides | set(INVOCATION_TRAIN_OPTIONS)
-    train = {n: stored_train[n] if n in stored_train and n not in current_train else getattr(given.train, n)
-             for n in train_names}
-    return replace(given, **opts, train=TrainConfig(**train))
 
 
 def _rng_state() -> dict:
@@ -309,11 +202,24 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((3, tuple(state["python"]), None))
 
 
-def _default_workers(device: torch.device) -> int:
-    cpus = os.cpu_count() or 1
-    if device.type == "cuda":
-        return min(8, max(1, cpus // max(1, dist.world_size())) - 1)
-    return 0 if cpus <= 4 else min(4, cpus // 4)
+@dataclass(frozen=True)
+class _Schedule:
+    """How long a run is, from the configuration and the training set's size."""
+
+    steps_per_epoch: int
+    total_epochs: int   # epochs begun (a fractional last epoch counts)
+    total_steps: int    # optimizer steps to run (``max_steps`` applied)
+    decay_steps: int    # the warm-up + cosine schedule's length (``max_steps`` not applied)
+    warmup_steps: int
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, n: int) -> "_Schedule":
+        steps_per_epoch = check_batches(n, cfg.batch_size, dist.world_size())
+        epochs = 5.0 if cfg.epochs is None else float(cfg.epochs)
+        planned = int(round(epochs * steps_per_epoch))
+        total_steps = max(1, planned) if cfg.max_steps is None else min(max(1, planned), cfg.max_steps)
+        warmup = int(round((1.0 if cfg.warmup_epochs is None else cfg.warmup_epochs) * steps_per_epoch))
+        return cls(steps_per_epoch, max(1, math.ceil(epochs)), total_steps, planned, warmup)
 
 
 @dataclass
@@ -337,6 +243,9 @@ class FitResult:
     seconds: float
     skipped_images: int
     history: list[dict] = field(default_factory=list)
+
+
+_BAR_FIELDS = "loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[speed]:.0f} img/s"
 
 
 class Trainer:
@@ -368,8 +277,6 @@ class Trainer:
     def save_state(self, st: _LoopState, scheduler) -> None:
         if not dist.is_main():
             return
-        import json
-
         meta = dict(self.meta, arch=self.model.arch, quick_gelu=self.model.quick_gelu, format=1)
         payload = {
             "clefctl": json.loads(json.dumps(meta, default=str)),
@@ -411,109 +318,126 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % (2 ** 32))
-        steps_per_epoch = check_batches(len(dataset), cfg.batch_size, dist.world_size())
-        epochs = 5.0 if cfg.epochs is None else float(cfg.epochs)
-        total_epochs = max(1, math.ceil(epochs))
-        total_steps = max(1, int(round(epochs * steps_per_epoch)))
-        if cfg.max_steps is not None:
-            total_steps = min(total_steps, cfg.max_steps)
-        warmup = int(round((1.0 if cfg.warmup_epochs is None else cfg.warmup_epochs) * steps_per_epoch))
+        plan = _Schedule.of(cfg, len(dataset))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(int(round(epochs * steps_per_epoch)), warmup, cfg.lr, cfg.min_lr))
-        st = _LoopState()
-        if resume_from is not None:
-            st = self.load_state(resume_from, scheduler)
-            if st.step_in_epoch >= steps_per_epoch:
-                st.epoch, st.step_in_epoch, st.epoch_losses = st.epoch + 1, 0, []
-        if dist.is_main():  # what was logged after the checkpoint is logged again below
-            self.run.truncate_log(st.global_step)
+            self.optimizer, lr_lambda(plan.decay_steps, plan.warmup_steps, cfg.lr, cfg.min_lr))
+        st = self._start(resume_from, scheduler, plan)
         seeded = SeededDataset(dataset, cfg.seed)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         history: list[dict] = []
         t_start = time.time()
-        progress = _progress(cfg.progress and dist.is_main())
         try:
-            with progress:
-                bar = progress.add_task(self.meta.get("stage", "train"), total=total_steps,
-                                        completed=st.global_step, loss=float("nan"), lr=0.0, speed=0.0)
-                while st.epoch < total_epochs and st.global_step < total_steps:
-                    history.append(self._epoch(seeded, st, steps_per_epoch, total_steps, scheduler,
-                                               lambda **kw: progress.update(bar, advance=1, **kw)))
+            with progress_bar(self.meta.get("stage", "train"), total=plan.total_steps,
+                              enabled=cfg.progress and dist.is_main(), completed=st.global_step,
+                              fields=_BAR_FIELDS, loss=float("nan"), lr=0.0, speed=0.0) as bar:
+                while st.epoch < plan.total_epochs and st.global_step < plan.total_steps:
+                    history.append(self._epoch(seeded, st, plan, scheduler, bar.advance))
         finally:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
         return FitResult(st.epoch, st.global_step, st.last_loss, time.time() - t_start,
                          self._skipped_count(st, dataset), history)
 
-    def _epoch(self, seeded: SeededDataset, st: _LoopState, steps_per_epoch: int, total_steps: int,
-               scheduler, advance: Callable) -> dict:
-        """The rest of epoch ``st.epoch`` (up to ``total_steps``); logs the epoch, saves a checkpoint."""
+    def _start(self, resume_from: Path | None, scheduler, plan: _Schedule) -> _LoopState:
+        """A fresh loop state, or the checkpoint's (past its epoch when that epoch was complete);
+        ``metrics.jsonl`` cut back to its step, since what was logged after it is logged again."""
+        st = _LoopState()
+        if resume_from is not None:
+            st = self.load_state(resume_from, scheduler)
+            if st.step_in_epoch >= plan.steps_per_epoch:
+                st.epoch, st.step_in_epoch, st.epoch_losses = st.epoch + 1, 0, []
+        if dist.is_main():
+            self.run.truncate_log(st.global_step)
+        return st
+
+    def _loader(self, seeded: SeededDataset, st: _LoopState) -> DataLoader:
+        """The batches left in epoch ``st.epoch``: its seeded permutation, sharded over ranks."""
         from clefctl.data.records import collate
 
-        cfg, world = self.cfg, dist.world_size()
-        workers = _default_workers(self.device) if cfg.num_workers is None else cfg.num_workers
+        cfg = self.cfg
         seeded.epoch = st.epoch
         sampler = EpochSampler(len(seeded), cfg.batch_size, cfg.seed, st.epoch, st.step_in_epoch,
-                               dist.rank(), world)
-        loader = DataLoader(seeded, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                            num_workers=workers, collate_fn=collate, pin_memory=self.device.type == "cuda")
+                               dist.rank(), dist.world_size())
+        return DataLoader(seeded, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                          num_workers=dist.worker_count("train", self.device, requested=cfg.num_workers),
+                          collate_fn=collate, pin_memory=self.device.type == "cuda")
+
+    def _epoch(self, seeded: SeededDataset, st: _LoopState, plan: _Schedule, scheduler,
+               advance: Callable) -> dict:
+        """The rest of epoch ``st.epoch`` (up to ``plan.total_steps``), then :meth:`_end_epoch`."""
+        loader = self._loader(seeded, st)
         t_epoch = time.time()
         for m in self.task.modules().values():
             m.train()
         for batch in loader:
             self._note_skipped(batch, st, len(seeded))
             self._step(batch, st, scheduler, advance)
-            if st.global_step >= total_steps:
+            if st.global_step >= plan.total_steps:
                 break
-            if self._stop_signal is not None and st.step_in_epoch < steps_per_epoch:
+            if self._stop_signal is not None and st.step_in_epoch < plan.steps_per_epoch:
                 self.save_state(st, scheduler)  # mid-epoch; at an epoch's end the epoch is logged first
                 self._interrupted(st)
-        done_epoch = st.step_in_epoch >= steps_per_epoch
+        return self._end_epoch(st, plan, scheduler, t_epoch)
+
+    def _end_epoch(self, st: _LoopState, plan: _Schedule, scheduler, t_epoch: float) -> dict:
+        """Log the epoch record, move past a complete epoch, save a checkpoint; stop after a signal."""
         record = {"kind": "epoch", "epoch": st.epoch, "step": st.global_step,
                   "loss": float(np.mean(st.epoch_losses)) if st.epoch_losses else float("nan"),
                   "seconds": time.time() - t_epoch}
         if dist.is_main():
             self.run.log(record)
-        if done_epoch:
+        if st.step_in_epoch >= plan.steps_per_epoch:
             st.epoch, st.step_in_epoch, st.epoch_losses = st.epoch + 1, 0, []
         self.save_state(st, scheduler)
-        if self._stop_signal is not None and st.global_step < total_steps:
+        if self._stop_signal is not None and st.global_step < plan.total_steps:
             self._interrupted(st)
         return record
 
     def _step(self, batch: dict, st: _LoopState, scheduler, advance: Callable) -> None:
         """One optimizer step on ``batch``; a non-finite loss stops the run with ClefError."""
-        cfg, t0 = self.cfg, time.time()
+        t0 = time.time()
         batch = {k: (tuple(x.to(self.device, non_blocking=True) for x in v) if isinstance(v, tuple)
                      else v.to(self.device, non_blocking=True)) for k, v in batch.items()}
-        step_rng = random.Random(cfg.seed * 1_000_003 + st.global_step)
+        step_rng = random.Random(self.cfg.seed * 1_000_003 + st.global_step)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
                             enabled=self.amp_dtype is not None):
             loss, logs = self.task.loss(batch, step_rng)
         loss_value = float(dist.reduce_mean(loss.detach().float()))
-        if not math.isfinite(loss_value):
-            where = (f"the last good checkpoint is {self.last_path}" if self.last_path.exists()
-                     else "no checkpoint was written yet")
-            raise ClefError(f"loss became {loss_value} at epoch {st.epoch + 1}, step {st.global_step + 1}; "
-                            f"training stopped and {where}",
-                            hint="lower --lr, set --grad-clip 1.0 or --amp off, then --resume")
+        self._check_finite(loss_value, st)
+        self._update(loss, scheduler)
+        st.global_step += 1
+        st.step_in_epoch += 1
+        speed = self.cfg.batch_size * dist.world_size() / max(1e-9, time.time() - t0)
+        st.last_loss = loss_value
+        st.epoch_losses.append(loss_value)
+        self._log_step(st, loss_value, logs, speed, advance)
+
+    def _check_finite(self, loss_value: float, st: _LoopState) -> None:
+        if math.isfinite(loss_value):
+            return
+        where = (f"the last good checkpoint is {self.last_path}" if self.last_path.exists()
+                 else "no checkpoint was written yet")
+        raise ClefError(f"loss became {loss_value} at epoch {st.epoch + 1}, step {st.global_step + 1}; "
+                        f"training stopped and {where}",
+                        hint="lower --lr, set --grad-clip 1.0 or --amp off, then --resume")
+
+    def _update(self, loss: torch.Tensor, scheduler) -> None:
+        """Backward, rank-averaged gradients, optional clipping, the optimizer and schedule steps."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         _average_gradients(self.params)
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()
         scheduler.step()
         with torch.no_grad():  # CLIP's clamp: the logit scale stays <= 100
             self.model.clip.logit_scale.clamp_(0, math.log(100))
-        st.global_step += 1
-        st.step_in_epoch += 1
-        speed = cfg.batch_size * dist.world_size() / max(1e-9, time.time() - t0)
-        st.last_loss = loss_value
-        st.epoch_losses.append(loss_value)
+
+    def _log_step(self, st: _LoopState, loss_value: float, logs: dict, speed: float, advance: Callable) -> None:
+        """The progress bar, and a ``step`` record every ``log_every`` steps (and the first)."""
         lr_now = self.optimizer.param_groups[0]["lr"]
-        advance(loss=loss_value, lr=lr_now, speed=speed)
-        if dist.is_main() and (st.global_step % cfg.log_every == 0 or st.global_step == 1):
+        advance(1, loss=loss_value, lr=lr_now, speed=speed)
+        if dist.is_main() and (st.global_step % self.cfg.log_every == 0 or st.global_step == 1):
             self.run.log({"kind": "step", "epoch": st.epoch, "step": st.global_step, "loss": loss_value,
                           "lr": lr_now, "samples_per_s": speed, **{k: float(v) for k, v in logs.items()}})
 
@@ -575,12 +499,3 @@ def _average_gradients(params: list[torch.Tensor]) -> None:
         n = g.numel()
         g.copy_(flat[offset:offset + n].view_as(g))
         offset += n
-
-
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  "
-                               "{task.fields[speed]:.0f} img/s"),
-                    TimeRemainingColumn(), disable=not enabled, transient=False)

@@ -1,0 +1,183 @@
+"""``clefctl query`` and ``clefctl rescore``: search an embedding store, re-score it against prompts.
+
+Thin wrappers over :mod:`clefctl.search`. Both read the store of the latest embed run (or
+``--store`` / ``--run``) with the model recorded in its ``config.yaml``; ``query`` embeds the latest
+fine-tuning run's data set first (:func:`clefctl.store.run_embed`) when there is no store yet.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from clefctl.errors import ClefError
+
+
+def _embed_first(workspace) -> None:
+    """No store yet: run ``clefctl embed`` with its defaults, reporting on stderr (stdout is the query's)."""
+    from clefctl.commands.embed import summary_lines
+    from clefctl.store.embed import EmbedOptions, run_embed
+
+    click.echo("no embedding store yet: embedding the latest fine-tuning run's data set first", err=True)
+    res = run_embed(EmbedOptions(workspace=workspace))
+    if res.main:
+        for line in summary_lines(res):
+            click.echo(line, err=True)
+
+
+def resolve_store(store: str | None, run_ref: str | None, workspace) -> tuple[Path, dict]:
+    """``--store FILE``, else the store of ``--run`` / the latest embed run, with its config."""
+    from clefctl.store.embed import STORE_NAME
+    from clefctl.workspace import Run
+
+    if store:
+        p = Path(store)
+        cfg_path = p.parent / "config.yaml"
+        cfg = Run(p.parent, "embed").config() if cfg_path.is_file() else {}
+        return p, cfg
+    run = workspace.resolve("embed", run_ref) if run_ref else workspace.latest("embed")
+    if run is None:
+        raise ClefError(f"no embed run in workspace {workspace.root}",
+                        hint="run `clefctl embed --dataset NAME` first, or pass --store FILE")
+    cfg = run.config()
+    return run.path / cfg.get("store", STORE_NAME), cfg
+
+
+@click.command("query")
+@click.argument("text", required=False)
+@click.option("--image", default=None, help="Search by an image file or a store id instead of text.")
+@click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--store", default=None, type=click.Path(dir_okay=False), help="Store file (default: latest embed run).")
+@click.option("--run", "run_ref", default=None, help="Embed run name or folder.")
+@click.option("--weights", default=None, help="Model weights (default: those of the embed run).")
+@click.option("--arch", default=None, help="Architecture (default: that of the embed run).")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Allow full unpickling of a trusted weights file (never taken from a config file).")
+@click.option("--index", "index_kind", default="auto", show_default=True,
+              type=click.Choice(["auto", "flat", "hnsw", "ivf"]))
+@click.option("--classes", "show_classes", is_flag=True,
+              help="Also show which prompt classes the query text is nearest to, and precision@k of the hits.")
+@click.option("--sheet", "--contact-sheet", "sheet", default=None, type=click.Path(dir_okay=False),
+              help="Also draw the hits into this PNG.")
+@click.option("--workspace", default=None, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
+def query(text, image, k, store, run_ref, weights, arch, trust_checkpoint, index_kind, show_classes, sheet,
+          workspace, as_json) -> None:
+    """Find the stored images nearest to a text (or to an image / store id).
+
+    Uses the latest store; when none exists it embeds the latest fine-tuning run's data set first.
+
+    \b
+    Example: clefctl query "lip corner pulled up"
+             clefctl query "the lip corners are pulled up" -k 12 --classes --sheet hits.png
+    """
+    from clefctl.search import contact_sheet_of_hits, nearest_with_precision, query_image, query_text
+    from clefctl.workspace import Workspace
+
+    if (text is None) == (image is None):
+        raise ClefError("give a query text or --image (exactly one)",
+                        hint='e.g. clefctl query "raised inner brows" or clefctl query --image face.jpg')
+    ws = Workspace(workspace)
+    if store is None and run_ref is None and ws.latest("embed") is None:
+        _embed_first(workspace)
+    store_path, cfg = resolve_store(store, run_ref, ws)
+    model = store_model(store_path, cfg, weights, arch, trust_checkpoint, workspace)
+    hits = (query_text(store_path, model, text, k=k, index=index_kind) if text is not None
+            else query_image(store_path, model, image, k=k, index=index_kind))
+    if sheet:
+        contact_sheet_of_hits(hits, sheet, title=text or image)
+    cols = ["rank", "score", "id", "labels", "subject", "path"]
+    near = None
+    if show_classes and text is not None:
+        near = nearest_with_precision(model, text, hits, cfg)
+    if as_json:
+        records = hits[cols].to_dict(orient="records")
+        out = {"query": text or image, "store": str(store_path), "hits": records}
+        if near is not None:
+            out["classes"] = near
+        click.echo(json.dumps(out, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{text or image}  ({store_path.name}, top {len(hits)})")
+    for c in cols:
+        table.add_column(c, justify="right" if c in ("rank", "score") else "left")
+    for r in hits[cols].itertuples(index=False):
+        table.add_row(str(r.rank), f"{r.score:.4f}", str(r.id), str(r.labels), str(r.subject), str(r.path))
+    Console().print(table)
+    if near is not None:
+        click.echo("nearest classes: " + ", ".join(f"{c['class_id']} ({c['name']}, {c['score']:.3f})"
+                                                   for c in near["nearest"]))
+        if near.get("precision_at_k") is not None:
+            click.echo(f"precision@{len(hits)} for {near['nearest'][0]['class_id']}: {near['precision_at_k']:.2f}")
+    if sheet:
+        click.echo(f"contact sheet: {sheet}")
+
+
+def store_model(store_path: Path, cfg: dict, weights: str | None, arch: str | None, trust_checkpoint: bool,
+                workspace=None):
+    """The model that made a store: ``--weights``/``--arch`` when given, else those of its embed run,
+    through the workspace's model resolver."""
+    from clefctl.workspace import Workspace
+
+    w = weights if weights is not None else cfg.get("weights")
+    if w is None:
+        raise ClefError("the store's model is unknown (it was not written by an embed run)", path=store_path,
+                        hint="pass --weights (and --arch) of the model that made the store")
+    a = arch or cfg.get("arch") or "ViT-B-16"
+    return Workspace(workspace).resolve_model(w, arch=a).load(trust_checkpoint=trust_checkpoint, default_arch=a)
+
+
+@click.command("rescore")
+@click.option("--prompts", "prompts_ref", required=True, help="Prompt set name or your edited YAML.")
+@click.option("--mode", type=click.Choice(["names", "descriptions", "ensemble"]), default="names", show_default=True,
+              help="Class vectors: label names, descriptions (one per class) or the template ensemble.")
+@click.option("--store", default=None, type=click.Path(dir_okay=False), help="Store file (default: latest embed run).")
+@click.option("--run", "run_ref", default=None, help="Embed run name or folder.")
+@click.option("--weights", default=None, help="Model weights (default: those of the embed run; needed for a "
+                                              "store written with --out).")
+@click.option("--arch", default=None, help="Architecture (default: that of the embed run).")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Allow full unpickling of a trusted weights file (never taken from a config file).")
+@click.option("--out", "out_csv", default=None, type=click.Path(dir_okay=False), help="Write per-image scores here.")
+@click.option("--workspace", default=None, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def rescore(prompts_ref, mode, store, run_ref, weights, arch, trust_checkpoint, out_csv, workspace,
+            as_json) -> None:
+    """Re-score cached image embeddings against (edited) prompt classes; the image encoder never runs.
+
+    A class added to the YAML is scored zero-shot; renaming or re-describing a class changes its scores.
+
+    \b
+    Example: clefctl rescore --prompts my_prompts.yaml --out scores.csv
+             clefctl rescore --store s.h5 --weights model.pt --prompts rafdb --json
+    """
+    from clefctl.paths import atomic_path
+    from clefctl.prompts import load_prompts
+    from clefctl.search import rescore as run_rescore
+    from clefctl.store import EmbeddingStore
+    from clefctl.workspace import Workspace
+
+    ws = Workspace(workspace)
+    store_path, cfg = resolve_store(store, run_ref, ws)
+    model = store_model(store_path, cfg, weights, arch, trust_checkpoint, workspace)
+    prompts = load_prompts(prompts_ref)
+    with EmbeddingStore.open(store_path, fingerprint=model.fingerprint) as st:
+        res = run_rescore(st, model, prompts, mode)
+        agreement = res.agreement(st)
+    if out_csv:
+        with atomic_path(out_csv) as tmp:
+            res.to_frame().to_csv(tmp, index=False)
+    out = {"store": str(store_path), "prompts": str(prompts_ref), "prompt_hash": res.prompt_hash, "mode": mode,
+           "images": len(res.ids), "classes": res.class_ids, "seconds": res.seconds, "agreement": agreement}
+    if as_json:
+        click.echo(json.dumps(out, indent=2, default=str))
+        return
+    click.echo(f"re-scored {len(res.ids)} cached images x {len(res.class_ids)} classes in {res.seconds:.2f} s "
+               f"(image encoder not run)")
+    click.echo(f"agreement with stored labels: {json.dumps(agreement, default=str)[:400]}")
+    if out_csv:
+        click.echo(f"scores: {out_csv}")
