@@ -45,6 +45,16 @@ def _check_features(name: str, x: Tensor) -> None:
         raise ValueError(f"{name} is empty")
 
 
+
+def _check_images_and_names(images: Tensor, names: Tensor) -> tuple[int, int]:
+    """Both (N, D) with the same D; returns (number of images B, number of classes C)."""
+    _check_features("images", images)
+    _check_features("names", names)
+    if images.shape[1] != names.shape[1]:
+        raise ValueError(f"images and names have different feature sizes "
+                         f"({images.shape[1]} vs {names.shape[1]})")
+    return images.shape[0], names.shape[0]
+
 def _as_scale(logit_scale: Tensor | float, like: Tensor) -> Tensor:
     scale = torch.as_tensor(logit_scale, device=like.device)
     if scale.numel() != 1:
@@ -187,12 +197,7 @@ def fer_loss(images: Tensor, names: Tensor, targets: Tensor, class_weights: Tens
         >>> weights = torch.tensor([1.0, 2.0, 1.0, 0.5, 1.0, 1.0, 3.0])
         >>> loss = fer_loss(images, names, targets, weights, torch.tensor(100.0))
     """
-    _check_features("images", images)
-    _check_features("names", names)
-    if images.shape[1] != names.shape[1]:
-        raise ValueError(f"images and names have different feature sizes "
-                         f"({images.shape[1]} vs {names.shape[1]})")
-    b, c = images.shape[0], names.shape[0]
+    b, c = _check_images_and_names(images, names)
     targets = torch.as_tensor(targets, device=images.device).long()
     if targets.shape != (b,):
         raise ValueError(f"targets must have shape ({b},), got {tuple(targets.shape)}")
@@ -235,12 +240,7 @@ def au_loss(images: Tensor, names: Tensor, targets: Tensor, class_weights: Tenso
         >>> mask = torch.ones(4, 12); mask[0, 5] = 0  # AU 5 of image 0 not coded
         >>> loss = au_loss(images, names, targets, None, torch.tensor(100.0), mask)
     """
-    _check_features("images", images)
-    _check_features("names", names)
-    if images.shape[1] != names.shape[1]:
-        raise ValueError(f"images and names have different feature sizes "
-                         f"({images.shape[1]} vs {names.shape[1]})")
-    b, c = images.shape[0], names.shape[0]
+    b, c = _check_images_and_names(images, names)
     i = F.normalize(images, dim=1)
     n = F.normalize(names, dim=1)
     y = torch.as_tensor(targets, device=i.device).to(i.dtype)

@@ -296,22 +296,20 @@ class _Validator:
 
     def texts(self, knode, vnode, what: str) -> tuple[list[str], list[Any]]:
         """A non-empty list of non-empty texts; returns the texts and their nodes."""
-        if isinstance(vnode, yaml.ScalarNode) and vnode.tag == _NULL_TAG:
-            self.fail(knode, f"{what} is empty; give a list with at least one text")
-        if not isinstance(vnode, yaml.SequenceNode):
-            self.fail(vnode, f"{what} must be a list of texts")
-        if not vnode.value:
-            self.fail(vnode, f"{what} is an empty list; give at least one text")
-        values = [self.text(item, item, f"{what} item {i + 1}") for i, item in enumerate(vnode.value)]
-        return values, list(vnode.value)
+        nodes = self._nonempty_list(knode, vnode, what, "text", " of texts")
+        return [self.text(item, item, f"{what} item {i + 1}") for i, item in enumerate(nodes)], nodes
 
     def items(self, knode, vnode, what: str) -> list[Any]:
+        return self._nonempty_list(knode, vnode, f"'{what}'", "entry", "")
+
+    def _nonempty_list(self, knode, vnode, what: str, noun: str, of: str) -> list[Any]:
+        """The nodes of a YAML list that must hold at least one ``noun``; ``what`` names it in messages."""
         if isinstance(vnode, yaml.ScalarNode) and vnode.tag == _NULL_TAG:
-            self.fail(knode, f"'{what}' is empty; give a list with at least one entry")
+            self.fail(knode, f"{what} is empty; give a list with at least one {noun}")
         if not isinstance(vnode, yaml.SequenceNode):
-            self.fail(vnode, f"'{what}' must be a list")
+            self.fail(vnode, f"{what} must be a list{of}")
         if not vnode.value:
-            self.fail(vnode, f"'{what}' is an empty list; give at least one entry")
+            self.fail(vnode, f"{what} is an empty list; give at least one {noun}")
         return list(vnode.value)
 
     def entries(self, knode, vnode, what: str, allowed: Sequence[str], with_name: bool):

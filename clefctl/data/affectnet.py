@@ -22,7 +22,7 @@ import csv
 import os
 from pathlib import Path
 
-from clefctl.data.records import DatasetBundle, Sample, open_text, require_file, require_root
+from clefctl.data.records import DatasetBundle, Sample, csv_header, open_text, require_file, require_root
 from clefctl.errors import ClefError
 
 AFFECTNET_CLASSES = ["neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger",
@@ -87,10 +87,7 @@ def _read_list(path: Path, split: str, classes: int, image_dir: Path,
     dropped = 0
     with open_text(path) as fh:
         reader = csv.reader(fh)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise ClefError("empty AffectNet list (expected a header row)", path=path, line=1)
+        header = csv_header(reader, path, "an AffectNet list's header row")
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing:
             raise ClefError(f"column(s) {', '.join(missing)} missing from the header",

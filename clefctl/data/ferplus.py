@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clefctl.data.records import DatasetBundle, Sample, open_text, require_file, require_root
+from clefctl.data.records import DatasetBundle, Sample, csv_header, open_text, require_file, require_root
 from clefctl.errors import ClefError
 
 FERPLUS_CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
@@ -93,11 +93,7 @@ def _read_pixels(path: Path) -> list[tuple[int, str, np.ndarray]]:
     out = []
     with open_text(path) as fh:
         reader = csv.reader(fh)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise ClefError("empty file (expected a header emotion,pixels,Usage)", path=path,
-                            line=1)
+        header = csv_header(reader, path, "a header emotion,pixels,Usage")
         pcol, ucol = _header_index(header, ["pixels", "Usage"], path)
         for line_no, row in enumerate(reader, start=2):
             if not row:
@@ -124,10 +120,7 @@ def _read_votes(path: Path) -> list[tuple[int, str, list[float]]]:
     out = []
     with open_text(path) as fh:
         reader = csv.reader(fh)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise ClefError("empty file (expected the FERPlus header row)", path=path, line=1)
+        header = csv_header(reader, path, "the FERPlus header row")
         ucol = _header_index(header, ["Usage"], path)[0]
         vcols = _header_index(header, VOTE_COLUMNS, path)
         for line_no, row in enumerate(reader, start=2):

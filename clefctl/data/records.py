@@ -387,6 +387,15 @@ def _text_encoding(head: bytes) -> tuple[str, int]:
     return "utf-8", 0
 
 
+def csv_header(reader, path: Path | str, expected: str) -> list[str]:
+    """The stripped header row of a ``csv.reader``; a ClefError at line 1 naming ``expected`` (what
+    the header should hold) when the file is empty."""
+    try:
+        return [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise ClefError(f"empty file (expected {expected})", path=path, line=1) from None
+
+
 @contextlib.contextmanager
 def open_text(path: Path | str) -> Iterator[Iterator[str]]:
     """Open a label or list file (CSV or plain text) for reading, as ``open(path, newline="")``
