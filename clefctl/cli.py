@@ -29,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "predict": "clefctl.commands.predict:predict",
     "explain": "clefctl.commands.explain:explain",
     "embed": "clefctl.commands.embed:embed",
+    "weights": "clefctl.commands.weights:weights",
+    "export": "clefctl.commands.export:export",
     "query": "clefctl.commands.query:query",
     "rescore": "clefctl.commands.query:rescore",
 }

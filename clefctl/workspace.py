@@ -259,7 +259,10 @@ class Workspace:
         of the first of ``stages`` with a finished run, found by :meth:`find_run`, of ``task`` when
         given; with none, a random model and a warning if ``random_fallback``, else a ClefError); a run
         folder or a run name of one of ``stages`` (its model.pt); a weights file (absolute path, so
-        it resolves from any folder); anything else is passed on as an open_clip pretrained tag.
+        it resolves from any folder); ``hf-hub:ORG/NAME`` (the Hub snapshot folder) or a folder in
+        open_clip's Hub layout (an exported model); a registry name such as ``farl-ep64`` (its file,
+        downloaded when missing; :mod:`clefctl.weights`); anything else is passed on as an open_clip
+        pretrained tag.
         """
         if ref == "random":
             a = arch or "clef-tiny"
@@ -279,7 +282,13 @@ class Workspace:
                                    warning=f"{what}: using a randomly initialised {a} (it has learned nothing)")
             raise ClefError(f"no model given and {what}",
                             hint=hint or "pass --weights model.pt (or --weights random for an untrained model)")
+        from clefctl.weights import hub, registry
+
+        if str(ref).startswith(hub.HF_PREFIX):
+            return ModelChoice(str(hub.snapshot(ref)), None, f"Hugging Face Hub model {ref[len(hub.HF_PREFIX):]}")
         path = Path(ref).expanduser()
+        if hub.is_model_folder(path):
+            return ModelChoice(str(path.resolve()), None, f"exported model {path}")
         if not path.exists():
             for stage in stages:
                 if (self.stage_dir(stage) / ref).is_dir():
@@ -294,6 +303,9 @@ class Workspace:
         if path.is_file():
             run = Run(path.parent, path.parent.parent.name) if (path.parent / "config.yaml").is_file() else None
             return ModelChoice(str(path.resolve()), arch, f"weights {path}", run)
+        named = registry.resolve(str(ref), arch)
+        if named is not None:
+            return ModelChoice(*named)
         return ModelChoice(str(ref), arch, f"weights {ref}")
 
     def resolve(self, stage: str, ref: str | None) -> Run | None:

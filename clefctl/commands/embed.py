@@ -32,7 +32,8 @@ def summary_lines(res) -> list[str]:
 @click.option("--dataset-root", default=None, type=click.Path(), help="The data set's own folder (or CSV).")
 @click.option("--data-root", default=None, type=click.Path(file_okay=False), help="Folder holding the data sets.")
 @click.option("--split", default="all", show_default=True, help="Official split to embed (train/val/test) or all.")
-@click.option("--weights", default=None, help="Model weights (file or open_clip tag; 'random' = untrained). "
+@click.option("--weights", default=None, help="Model weights (file, registry name such as farl-ep64, exported "
+                                              "folder, hf-hub:ORG/NAME or open_clip tag; 'random' = untrained). "
                                               "Default: the latest finetune run's model.")
 @click.option("--arch", default="ViT-B-16", show_default=True, help="Architecture (a clefctl checkpoint carries its own).")
 @click.option("--trust-checkpoint", is_flag=True,

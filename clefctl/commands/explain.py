@@ -26,7 +26,8 @@ def _pct(v) -> str:
               help="With --classes: at most this many descriptions per class (default: all).")
 @click.option("--prompts", default=None, help="Prompt set name or YAML (default: the checkpoint run's).")
 @click.option("--checkpoint", default="latest", show_default=True,
-              help="latest (the workspace's latest fine-tuning run), random, a model.pt, a run folder or name.")
+              help="latest (the workspace's latest fine-tuning run), random, a model.pt, a run folder or name, "
+                   "an exported folder, hf-hub:ORG/NAME or a registry name (clefctl weights list).")
 @click.option("--arch", default=None,
               help="Architecture for random models (default clef-tiny) and non-clefctl weight files (ViT-B-16).")
 @click.option("--out", default="explain.png", show_default=True, type=click.Path(dir_okay=False),

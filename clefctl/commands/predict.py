@@ -11,8 +11,11 @@ import click
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", "out_csv", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False),
               help="CSV to write (one row per image or sampled frame).")
-@click.option("--au-checkpoint", default=None, help="Fine-tuned AU model.pt (default: newest AU run).")
-@click.option("--fer-checkpoint", default=None, help="Fine-tuned expression model.pt (default: newest FER run).")
+@click.option("--au-checkpoint", default=None,
+              help="Fine-tuned AU model: a model.pt, run, exported folder or hf-hub:ORG/NAME (default: newest AU run).")
+@click.option("--fer-checkpoint", default=None,
+              help="Fine-tuned expression model: a model.pt, run, exported folder or hf-hub:ORG/NAME "
+                   "(default: newest FER run).")
 @click.option("--every", type=int, default=1, show_default=True, help="Video: keep every N-th frame.")
 @click.option("--max-frames", type=int, default=None, help="Video: at most this many frames.")
 @click.option("--workspace", default=None, envvar="CLEF_WORKSPACE")

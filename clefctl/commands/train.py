@@ -100,8 +100,10 @@ def data_options(default: str):
             click.option("--prompts", default=None, help="Prompt set name or your YAML (default: the data set's)."),
             click.option("--arch", default="clef-tiny", show_default=True,
                          help="Architecture (ViT-B-16-quickgelu with FaRL weights for the paper)."),
-            click.option("--weights", default=None, help="Weights file (FaRL, OpenAI, open_clip, safetensors, clefctl) "
-                                                          "or an open_clip pretrained tag."),
+            click.option("--weights", default=None, help="Weights file (FaRL, OpenAI, open_clip, safetensors, clefctl),"
+                                                          " a registry name such as farl-ep64 (clefctl weights "
+                                                          "list; its architecture comes with it), an exported "
+                                                          "folder, hf-hub:ORG/NAME or an open_clip pretrained tag."),
             click.option("--trust-checkpoint", is_flag=True, help="Allow full unpickling of a trusted weights file."),
         ]):
             f = o(f)

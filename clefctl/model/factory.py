@@ -162,19 +162,36 @@ def _build(arch: str, quick_gelu: bool, device: torch.device, seed: int):
 
 def create(arch: str = "ViT-B-16", weights: str | None = None, device: str | None = None, *,
            seed: int = 0, trust_checkpoint: bool = False, cache_dir: str | None = None) -> ClefModel:
-    """Build ``arch`` and load ``weights`` (a file detected by content, or an open_clip pretrained tag).
+    """Build ``arch`` and load ``weights`` (a file detected by content, a folder in open_clip's Hub
+    layout or ``hf-hub:ORG/NAME`` (:mod:`clefctl.weights.hub`), or an open_clip pretrained tag).
 
     With ``weights=None`` the model is randomly initialised from ``seed`` and its fingerprint is
     ``<arch>@random:<seed>``; with a file it is ``<arch>@sha256:<digest>`` (the file's content).
     A clefctl checkpoint carries its own architecture, which is used when ``arch`` is left at the
     default; FaRL and OpenAI weights switch QuickGELU on (they were trained with it).
     """
+    from clefctl.weights import hub
+
     dev = resolve_device(device)
     report = LoadReport()
     quick_gelu = False
+    if isinstance(weights, str) and weights.startswith(hub.HF_PREFIX):
+        weights = str(hub.snapshot(weights))
     if weights is None or weights == "":
         clip, preprocess, tokenizer = _build(arch, False, dev, seed)
         fingerprint = f"{arch}@random:{seed}"
+    elif hub.is_model_folder(weights):  # an exported or Hub model: open_clip_config.json + safetensors
+        folder = hub.read_folder(weights)  # self-describing: its architecture wins over a default --arch
+        if arch not in (folder.arch, "ViT-B-16"):
+            report.notes.append(f"the model folder holds architecture {folder.arch}: building that, not {arch}")
+        arch, quick_gelu = folder.arch, folder.quick_gelu
+        report.source, report.path, report.meta, report.extras = folder.source, str(folder.path), folder.meta, \
+            folder.extras
+        clip, preprocess, tokenizer = _build(arch, quick_gelu, dev, seed)
+        _apply_state_dict(clip, folder.state_dict, arch, folder.weights_path, report)
+        preprocess = hub.apply_preprocess(clip, preprocess, folder.preprocess_cfg)
+        fingerprint = f"{arch}{'+quickgelu' if quick_gelu and not _arch_uses_quick_gelu(arch) else ''}" \
+                      f"@sha256:{sha256_file(folder.weights_path)}"
     elif Path(weights).expanduser().exists() or any(sep in str(weights) for sep in ("/", "\\")) or \
             str(weights).endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt")):
         path = Path(weights).expanduser()

@@ -1,0 +1,81 @@
+"""``clefctl weights verify``: what a weights file (or named weights, or a model folder) is.
+
+Reports size, sha256, the container (safetensors, pickle, TorchScript), the layout detected by
+content (FaRL, OpenAI, open_clip, clefctl, ...), the architectures whose shapes fit, and, for a
+registry file, whether it matches the published or recorded checksum. Nothing is unpickled beyond
+``torch.load(weights_only=True)``; a TorchScript archive is only named, never loaded.
+
+Example::
+
+    >>> from clefctl.weights.verify import verify
+    >>> verify("farl-ep64")["matches"]                        # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clefctl.errors import ClefError
+from clefctl.weights import hub, registry
+from clefctl.weights.download import verify_file
+
+
+def _describe_file(path: Path) -> dict:
+    """Container, detected layout and fitting architectures of a weights file."""
+    from clefctl.model.formats import (_detect_source, _is_safetensors, _is_torchscript, _unwrap,
+                                       infer_architectures, read_weights_file)
+
+    if _is_torchscript(path):
+        return {"format": "torchscript", "source": "openai-torchscript", "arch": [],
+                "note": "a TorchScript archive (code runs when it loads): not opened; load it with --trust-checkpoint"}
+    try:
+        obj, container = read_weights_file(path)
+        sd, meta, _ = _unwrap(obj)
+    except ClefError as exc:  # size and sha256 are still worth reporting
+        return {"format": "unreadable", "source": None, "arch": [], "note": exc.bare_message}
+    source = _detect_source(sd, container, meta)
+    archs = [meta["arch"]] if meta.get("arch") else infer_architectures(sd)
+    out = {"format": "safetensors" if _is_safetensors(path) else container, "source": source, "arch": archs,
+           "tensors": len(sd)}
+    if meta:
+        out["clefctl"] = {k: meta.get(k) for k in ("stage", "task", "dataset", "classes") if k in meta}
+    return out
+
+
+def verify(ref: str) -> dict:
+    """Size, sha256, format and architecture of ``ref``: a registry name, a file, an exported
+    folder or ``hf-hub:ORG/NAME``. ``matches`` is False when a registry file differs from its
+    checksum (None when there is nothing to compare with)."""
+    e = registry.REGISTRY.get(ref)
+    if e is not None:
+        path = registry.local_path(e)
+        if path is None:
+            raise ClefError(f"{ref} is not downloaded", hint=f"run `clefctl weights get {ref}`")
+        out = {"name": ref, **verify_file(path, e), **_describe_file(path)}
+        if e.kind == "open_clip":
+            out["checksum"] = "open_clip"  # open_clip's Hub copy: checked by huggingface_hub on download
+        return out
+    if ref.startswith(hub.HF_PREFIX):
+        return _describe_folder(hub.snapshot(ref), ref)
+    path = Path(ref).expanduser()
+    if hub.is_model_folder(path):
+        return _describe_folder(path, ref)
+    if path.is_dir():
+        raise ClefError("folder is neither an exported model (no open_clip_config.json) nor a weights file",
+                        path=path,
+                        hint="give a weights file, a registry name (clefctl weights list) or an exported folder")
+    if not path.is_file():
+        raise ClefError(f"no weights file or named weights {ref!r}", path=path if path.parent != Path(".") else None,
+                        hint=f"registry names: {', '.join(registry.names())}")
+    e = next((x for x in registry.REGISTRY.values() if x.kind == "file" and x.file == path.name), None)
+    return {"name": e.name if e else None, **verify_file(path, e), **_describe_file(path)}
+
+
+def _describe_folder(path: Path, ref: str) -> dict:
+    f = hub.read_folder(path)
+    out = {"name": None, "ref": ref, **verify_file(f.weights_path), "format": "open_clip hub folder",
+           "source": f.source, "arch": [f.arch], "tensors": len(f.state_dict), "folder": str(path)}
+    if f.meta:
+        out["clefctl"] = {k: f.meta.get(k) for k in ("stage", "task", "dataset", "classes") if k in f.meta}
+    return out
