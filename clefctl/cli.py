@@ -31,8 +31,10 @@ COMMANDS: dict[str, str] = {
     "embed": "clefctl.commands.embed:embed",
     "weights": "clefctl.commands.weights:weights",
     "export": "clefctl.commands.export:export",
+    "index": "clefctl.commands.index:index",
     "query": "clefctl.commands.query:query",
     "rescore": "clefctl.commands.query:rescore",
+    "serve": "clefctl.commands.serve:serve",
 }
 
 

@@ -1,5 +1,8 @@
 """Multi-process (torchrun / DDP) helpers: rank and world queries, process-group setup from
-torchrun's environment, and the feature gather for the contrastive losses.
+torchrun's environment, the feature gather for the contrastive losses, small-object collectives
+(:func:`all_gather_object`, :func:`broadcast_object`), contiguous shards (:func:`shard_range`),
+BatchNorm over the global batch (:class:`SyncBatchNorm2d`, :func:`sync_batchnorm`) and the one
+worker policy (:func:`worker_count`).
 
 Every helper is a harmless identity / no-op in a single process, so training code calls
 them unconditionally.
@@ -59,6 +62,14 @@ __all__ = [
     "local_slice",
     "scale_for_ddp",
     "reduce_mean",
+    "local_world_size",
+    "all_gather_object",
+    "broadcast_object",
+    "shard_range",
+    "SyncBatchNorm2d",
+    "sync_batchnorm",
+    "worker_count",
+    "loader_options",
 ]
 
 _REQUIRED_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -84,6 +95,14 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def local_world_size() -> int:
+    """Processes on this node: ``$LOCAL_WORLD_SIZE`` set by torchrun, else the world size (one node)."""
+    try:
+        return max(1, int(os.environ["LOCAL_WORLD_SIZE"]))
+    except (KeyError, ValueError):
+        return world_size()
+
+
 def is_main() -> bool:
     """True on rank 0: the process that logs, writes checkpoints and reports."""
     return rank() == 0
@@ -97,8 +116,8 @@ def setup_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> boo
     already initialised). ``backend`` defaults to ``nccl`` when CUDA is available (the
     current device is then set to LOCAL_RANK) and ``gloo`` otherwise.
 
-    Example: ``torchrun --nproc_per_node 2 -m clefctl.cli train ...`` then
-    ``if setup_from_env(): model = DistributedDataParallel(model, ...)``.
+    Example: ``torchrun --nproc_per_node 2 -m clefctl finetune ...`` (the stage runner and
+    ``run_embed`` call this; docs/scale.md).
     """
     if is_distributed():
         return True
@@ -221,6 +240,100 @@ def reduce_mean(value: Tensor) -> Tensor:
     return value
 
 
+def all_gather_object(obj) -> list:
+    """``obj`` of every rank, in rank order (``[obj]`` when single): small picklable things such as
+    counts, timings or one shard's scores. Every rank must call it."""
+    if not is_distributed() or world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s ``obj`` on every rank (``obj`` itself when single); e.g. the run folder rank 0
+    created. Every rank must call it."""
+    if not is_distributed() or world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous share ``[start, stop)`` of ``n`` items (sizes differ by <= 1):
+    concatenating the shards in rank order gives the items in their order."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce sum whose backward is the all-reduce sum of the gradients: every rank's output is
+    the same sum, so each rank's input receives the gradient of every rank's loss."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class SyncBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the global batch under torchrun.
+
+    The mean and the (biased) variance that normalise the batch, and the running statistics, are
+    computed over every rank's rows (two all-reduces of C + 1 and C numbers), with gradients flowing
+    across ranks, so R processes of m images compute what one process computes on R * m. Outside
+    training, or in a single process, it is a plain BatchNorm2d; its state_dict is a BatchNorm2d's.
+    ``torch.nn.SyncBatchNorm`` does the same but refuses CPU tensors (gloo), hence this one, used
+    on every device. Statistics are accumulated in float32 (or float64) whatever the autocast dtype.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and is_distributed() and world_size() > 1):
+            return super().forward(x)
+        self._check_input_dim(x)
+        xf = x if x.dtype in (torch.float32, torch.float64) else x.float()  # bf16/fp16 -> fp32
+        c = xf.shape[1]
+        local = torch.cat([xf.sum(dim=(0, 2, 3)), xf.new_tensor([xf.numel() / c])])
+        total = _SumOverRanks.apply(local)
+        count = total[c].detach()
+        mean = total[:c] / count
+        centred = xf - mean.view(1, c, 1, 1)
+        var = _SumOverRanks.apply((centred * centred).sum(dim=(0, 2, 3))) / count
+        y = centred * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
+        if self.affine:
+            y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = (1.0 / float(self.num_batches_tracked)) if self.momentum is None else self.momentum
+                unbiased = var.detach() * (count / max(1.0, float(count) - 1))
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
+        return y.to(x.dtype)
+
+
+def sync_batchnorm(module: torch.nn.Module) -> int:
+    """Turn every ``BatchNorm2d`` inside ``module`` into a :class:`SyncBatchNorm2d` in place, keeping
+    its parameters, buffers and settings (the same tensors, so an optimizer built before or after
+    sees them). Returns how many were converted. The engine calls it under torchrun: the small
+    models' convolutional stem is the only BatchNorm in clefctl's architectures."""
+    converted = 0
+    for m in module.modules():
+        if type(m) is torch.nn.BatchNorm2d:
+            m.__class__ = SyncBatchNorm2d
+            converted += 1
+    return converted
+
+
 def usable_cpus() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     try:
@@ -233,22 +346,40 @@ def worker_count(purpose: str, device: torch.device | str | None = None, items: 
                  requested: int | None = None) -> int:
     """The one worker policy: how many processes a job uses when the user did not say.
 
-    ``train``: DataLoader workers per rank (CUDA: up to 8, leaving a core per rank; CPU: none on
-    small machines, where the training step itself needs every core); ``embed``: DataLoader workers
-    for inference (none on 2 cores, else half the cores, at most 8); ``generate``: a process pool for
-    CPU-bound file work (one process for fewer than 300 items, else up to 4). ``requested`` (the
-    user's ``--workers``) wins when given.
+    The cores counted are this process's share of the node (:func:`usable_cpus` over the ranks on
+    it, :func:`local_world_size`). ``train`` and ``embed`` on CUDA: DataLoader workers on every core
+    of the share but one (the rank's own process), at most 32: decoding images is what limits a GPU
+    (docs/scale.md has the figures). ``train`` on CPU: none on small machines, where the training
+    step itself needs every core (at most 4 on large ones); ``embed`` on CPU: none on 2 cores, else
+    half the share, at most 8. ``generate``: a process pool for CPU-bound file work (one process
+    for fewer than 300 items, else up to 4). ``requested`` (the user's ``--workers``) wins when given.
     """
     if requested is not None:
         return max(0 if purpose != "generate" else 1, int(requested))
     cpus = usable_cpus()
+    share = max(1, cpus // local_world_size())
     dev = torch.device(device) if device is not None else torch.device("cpu")
+    if purpose in ("train", "embed") and dev.type == "cuda":
+        return min(32, max(1, share - 1))
     if purpose == "train":
-        if dev.type == "cuda":
-            return min(8, max(1, cpus // max(1, world_size())) - 1)
-        return 0 if cpus <= 4 else min(4, cpus // 4)
+        return 0 if share <= 4 else min(4, share // 4)
     if purpose == "embed":
-        return 0 if cpus <= 2 else min(8, cpus // 2)
+        return 0 if share <= 2 else min(8, share // 2)
     if purpose == "generate":
         return 1 if items is not None and items < 300 else max(1, min(4, cpus))
     raise ValueError(f"unknown worker purpose {purpose!r}")
+
+
+def loader_options(purpose: str, device: torch.device | str | None = None,
+                   requested: int | None = None) -> dict:
+    """DataLoader settings for ``purpose`` (``train`` or ``embed``) on ``device``: ``num_workers``
+    from :func:`worker_count`; ``pin_memory`` on CUDA (host-to-GPU copies then overlap the step);
+    with workers, ``persistent_workers`` (one set of workers for the whole job instead of new ones,
+    and a new copy of the data set, every epoch) and ``prefetch_factor`` batches ready per worker
+    (4 when there are at most 4 workers, to ride out slow images; torch's 2 with more)."""
+    workers = worker_count(purpose, device, requested=requested)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    opts: dict = {"num_workers": workers, "pin_memory": dev.type == "cuda"}
+    if workers > 0:
+        opts.update(persistent_workers=True, prefetch_factor=4 if workers <= 4 else 2)
+    return opts

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clefctl.distributed import is_main
 from clefctl.errors import ClefError
 from clefctl.workspace import INVOCATION_OPTIONS, Run, Workspace
 
@@ -30,7 +31,7 @@ IGNORED_TRAIN_KEYS = ("progress",)
 
 @dataclass
 class EvalResult:
-    run: Run
+    run: Run | None  # None on the ranks other than 0 under torchrun (rank 0 writes the report)
     result: dict
     files: dict
 
@@ -174,7 +175,7 @@ def evaluate_kfold(k: int | None = None, config: str | None = None, workspace: s
         per_fold.append(fm)
         pred_frames.append(frame)
         scored_tests.append(scored.samples)  # the readable test images, in score-row order
-        f, chosen = _features(model, scored.samples, limit=max(1, 2000 // len(plan)))
+        f, chosen = _features(model, scored.samples, limit=max(1, 2000 // len(plan))) if is_main() else (None, [])
         if chosen:
             feats.append(f)
             feat_labels.append(_truth(chosen, task)[0])
@@ -198,6 +199,8 @@ def evaluate_kfold(k: int | None = None, config: str | None = None, workspace: s
     result["dataset"] = bundle.name
     result["protocol"] = f"{len(plan)}-fold subject-exclusive" if folds_desc else "official train/test split"
     result["settings_from"] = ref.name
+    if not is_main():  # torchrun: every rank trained and scored its shard; rank 0 writes the report
+        return EvalResult(None, result, {})
     out = ws.new_run("evaluate", f"{bundle.name}-{len(plan)}fold" if folds_desc else bundle.name)
     out.save_config({"stage": "evaluate", "dataset": bundle.name, "reference_run": ref.name, "folds": len(plan),
                      "fold_runs": [f["run"] for f in per_fold], "tuned_thresholds": tune})
@@ -298,6 +301,8 @@ def evaluate_checkpoint(checkpoint: str, dataset: str | None = None, split: str 
     result, predictions = _scored_metrics(scored, bundle.task, bundle.classes, None)
     result.update(dataset=bundle.name, protocol=f"one checkpoint, split {split}", checkpoint=str(checkpoint))
     ws = Workspace(workspace)
+    if not is_main():  # torchrun: every rank scored its shard; rank 0 writes the report
+        return EvalResult(None, result, {})
     out = ws.new_run("evaluate", f"{bundle.name}-{split}")
     out.save_config({"stage": "evaluate", "checkpoint": str(checkpoint), "split": split, "dataset": bundle.name})
     f, chosen = _features(model, scored.samples)

@@ -163,7 +163,7 @@ def split_for(bundle, opts: FinetuneOptions):
 
 def prepare(opts: FinetuneOptions, ws: Workspace) -> StagePlan:
     """Stage 2's training part of the data set (from memory when small), model and Eq. 6 (or linear head) task."""
-    from clefctl.data.records import SampleDataset, cache_images
+    from clefctl.data.records import SampleDataset, cache_images, decode_size_for
     from clefctl.data.transforms import transforms_for
     from clefctl.data.weights import class_weights
 
@@ -180,7 +180,8 @@ def prepare(opts: FinetuneOptions, ws: Workspace) -> StagePlan:
         head = torch.nn.Linear(model.embed_dim, len(bundle.classes)).to(model.device)
     aug = augment_for(model.arch, opts.crop_scale, opts.rotation)
     dataset = SampleDataset(cache_images(train, model.image_size), transforms_for(model, train=True, **aug),
-                            classes_count=len(bundle.classes), task=bundle.task)
+                            classes_count=len(bundle.classes), task=bundle.task,
+                            decode_size=decode_size_for(model.image_size))
     task = FinetuneTask(model, prompts, bundle.task, weights, opts.lam, not opts.no_descriptions, head)
     config = {"dataset": bundle.name, "task": bundle.task, "classes": bundle.classes, "protocol": protocol,
               "init": init_desc, "arch": model.arch, "init_fingerprint": model.fingerprint,
@@ -235,7 +236,9 @@ def run_finetune(opts: FinetuneOptions) -> Run:
 def _save_results(run: Run, model: ClefModel, head, prompts, meta: dict, report: dict, test, bundle,
                   protocol: str) -> None:
     """model.pt (with the name embeddings, or the linear head) and, with test samples, test_metrics.json
-    (which also counts the unreadable training images skipped) and its ``test`` record in metrics.jsonl."""
+    (which also counts the unreadable training images skipped) and its ``test`` record in metrics.jsonl.
+    Called on every rank: under torchrun the held-out images are scored in shards, one per rank
+    (:func:`clefctl.scoring.predict_scores`), and rank 0 writes the files."""
     from clefctl.paths import write_json_atomic
     from clefctl.scoring import predict_scores, quick_metrics
 
@@ -243,15 +246,18 @@ def _save_results(run: Run, model: ClefModel, head, prompts, meta: dict, report:
     if head is not None:  # the logit scale folded in: logits = W' . unit feature + b
         extras["head_weight"] = head.weight.detach() * model.logit_scale.detach()
         extras["head_bias"] = head.bias.detach()
-    save_checkpoint(run.model_path, model, dict(meta, **report), extras=extras)
-    if test:
-        scores = predict_scores(model, test, extras, bundle.task)
-        summary = quick_metrics(test, scores, bundle.task, bundle.classes)
-        summary.update(protocol=protocol, test_samples=len(test),
-                       skipped_train_images=report["skipped_train_images"])
-        write_json_atomic(run.path / "test_metrics.json", summary)
-        run.log({"kind": "test", "step": report["steps"], **{k: v for k, v in summary.items()
-                                                             if isinstance(v, (int, float))}})
+    if dist.is_main():
+        save_checkpoint(run.model_path, model, dict(meta, **report), extras=extras)
+    if not test:
+        return
+    scores = predict_scores(model, test, {k: v.cpu() for k, v in extras.items()}, bundle.task)
+    if not dist.is_main():
+        return
+    summary = quick_metrics(test, scores, bundle.task, bundle.classes)
+    summary.update(protocol=protocol, test_samples=len(test), skipped_train_images=report["skipped_train_images"])
+    write_json_atomic(run.path / "test_metrics.json", summary)
+    run.log({"kind": "test", "step": report["steps"], **{k: v for k, v in summary.items()
+                                                         if isinstance(v, (int, float))}})
 
 
 def _need_prompts(bundle) -> str:

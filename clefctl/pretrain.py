@@ -77,16 +77,24 @@ class PretrainTask:
             lab = dist.gather_features(labels) if dist.is_distributed() else labels
             l_ii = sup_con(z1, z2, lab, self.temperature, anchor_rows=anchor_rows)
             return l_ii, {"l_ii": l_ii.detach()}
-        ids = [self.activities[i] for i in labels.tolist()]
-        texts = self.prompts.activity_texts(ids, rng)
-        uniq = sorted(set(texts))
-        za_u = encode_text_trimmed(clip, self.model.tokenizer(uniq).to(v1.device))
-        za = za_u[torch.tensor([uniq.index(t) for t in texts], device=v1.device)]
-        if dist.is_distributed():
-            za = dist.gather_features(za, with_grad=True)
+        if dist.is_distributed():  # the global batch's activities, in its order, on every rank
             labels = dist.gather_features(labels)
+        za = self._activity_features(labels, rng, v1.device)
         loss = pretrain_loss(z1, z2, za, labels, self.temperature, anchor_rows=anchor_rows)
         return loss, {}
+
+    def _activity_features(self, labels: torch.Tensor, rng: random.Random, device) -> torch.Tensor:
+        """Text features (n, d) of each row's activity description, for the (global) batch ``labels``.
+
+        The texts are drawn once for the whole batch: one template, one description per activity in
+        the batch's first-seen order, from the step's ``rng`` (the same on every rank), so one
+        activity has one text in a step however the batch is sharded. Every rank encodes the few
+        distinct texts itself: its own anchors' loss then has the text gradient of every row, and
+        the mean over ranks is the single-process gradient."""
+        texts = self.prompts.activity_texts([self.activities[i] for i in labels.tolist()], rng)
+        uniq = sorted(set(texts))
+        za_u = encode_text_trimmed(self.model.clip, self.model.tokenizer(uniq).to(device))
+        return za_u[torch.tensor([uniq.index(t) for t in texts], device=device)]
 
 
 def _load_pretrain_data(opts: PretrainOptions):
@@ -124,7 +132,7 @@ def validate_options(opts: PretrainOptions) -> None:
 
 def prepare(opts: PretrainOptions, ws: Workspace) -> StagePlan:
     """Stage 1's data (two views of each frame, from memory when small), model and Eq. 2 task."""
-    from clefctl.data.records import SampleDataset, cache_images
+    from clefctl.data.records import SampleDataset, cache_images, decode_size_for
     from clefctl.data.transforms import TwoViews, transforms_for
     from clefctl.prompts import load_prompts
 
@@ -142,14 +150,19 @@ def prepare(opts: PretrainOptions, ws: Workspace) -> StagePlan:
     aug = augment_for(model.arch, opts.crop_scale, opts.rotation)
     dataset = SampleDataset(cache_images(bundle.samples, model.image_size),
                             TwoViews(transforms_for(model, train=True, **aug)),
-                            classes_count=0, task="activity", activities=activities)
+                            classes_count=0, task="activity", activities=activities,
+                            decode_size=decode_size_for(model.image_size))
     task = PretrainTask(model, prompts, activities, opts.temperature, not opts.no_activity_text)
+
+    def save_results(run: Run, meta: dict, report: dict) -> None:
+        if dist.is_main():
+            save_checkpoint(run.model_path, model, dict(meta, **report))
     return StagePlan(
         opts, model, task, dataset, label=f"{bundle.name}-{model.arch}", prompts=prompts,
         config={"dataset": bundle.name, "arch": model.arch, "init_fingerprint": model.fingerprint,
                 "frames": len(bundle.samples), "activities": activities, "prompts_hash": prompts.hash},
         meta={"stage": "pretrain", "dataset": bundle.name},
-        save_results=lambda run, meta, report: save_checkpoint(run.model_path, model, dict(meta, **report)))
+        save_results=save_results)
 
 
 STAGE = Stage("pretrain", validate_options, prepare)

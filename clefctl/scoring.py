@@ -42,19 +42,39 @@ class ScoredSamples:
 
 
 def predict_scores(model: "ClefModel", samples, extras: dict, task: str, batch_size: int = 128,
-                   progress: bool = False) -> ScoredSamples:
+                   progress: bool = False, *, shard: bool | None = None,
+                   num_workers: int | None = None) -> ScoredSamples:
     """Class scores in [0, 1] of the readable ``samples``: softmax over names (FER) or sigmoid
     per AU (AU). An unreadable image is left out and its id listed in ``.skipped``, never scored
-    with another image's prediction; row i of ``.scores`` belongs to ``.samples[i]``."""
-    from clefctl.data.records import encode_readable
+    with another image's prediction; row i of ``.scores`` belongs to ``.samples[i]``.
+
+    ``shard`` (default: when torchrun's process group is up): every rank scores its contiguous
+    share of ``samples`` and all ranks receive the whole result, equal to one process's, so every
+    rank must call this. ``num_workers``: DataLoader workers decoding images (default: the one
+    worker policy, :func:`clefctl.distributed.worker_count` for ``embed`` on the model's device; none
+    for a share of fewer than 512 images).
+    Large JPEG frames are decoded reduced (:func:`clefctl.data.records.decode_size_for`)."""
+    from clefctl import distributed as dist
+    from clefctl.data.records import decode_size_for, encode_readable
     from clefctl.data.transforms import transforms_for
 
     samples = list(samples)
-    feats, kept, bad = encode_readable(model.encode_images, samples, transforms_for(model, train=False),
-                                       batch_size)
+    sharded = dist.world_size() > 1 if shard is None else bool(shard) and dist.world_size() > 1
+    start, stop = dist.shard_range(len(samples), dist.rank(), dist.world_size()) if sharded else (0, len(samples))
+    if num_workers is None and stop - start < 512:  # starting worker processes costs more than they save
+        num_workers = 0
+    workers = dist.worker_count("embed", model.device, requested=num_workers)
+    feats, kept, bad = encode_readable(model.encode_images, samples[start:stop], transforms_for(model, train=False),
+                                       batch_size, num_workers=workers,
+                                       decode_size=decode_size_for(model.image_size))
     if feats is None:
         feats = torch.zeros(0, model.embed_dim)
     scores = scores_from_features(feats, extras, task, float(model.logit_scale.detach()))
+    if sharded:  # every rank's part, in rank order: the shards are contiguous
+        parts = dist.all_gather_object((scores, [start + i for i in kept], [start + i for i in bad]))
+        scores = np.concatenate([p[0] for p in parts]).reshape(-1, scores.shape[1])
+        kept = [i for p in parts for i in p[1]]
+        bad = [i for p in parts for i in p[2]]
     return ScoredSamples(scores, [samples[i] for i in kept], [samples[i].id for i in bad])
 
 

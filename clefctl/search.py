@@ -32,7 +32,7 @@ import numpy as np
 
 from clefctl.errors import ClefError
 from clefctl.store.format import EmbeddingStore
-from clefctl.store.index import IndexParams, load_index
+from clefctl.store.index import IndexParams, index_for_query
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,9 @@ def _encode(model, texts: Sequence[str]) -> np.ndarray:
 
 def hits_frame(store: EmbeddingStore, scores: np.ndarray, rows: np.ndarray, query: str = ""):
     """A DataFrame of search hits (one query): rank, row, id, path, subject, score, labels, plus
-    activity, frame and the face box for contact sheets. ``attrs["query"]`` keeps the query."""
+    activity, frame and the face box for contact sheets, and where in which photo or video a face
+    hit is: source (the file), timestamp (seconds, NaN = none) and face_id (-1 = none; frame
+    is 1-based for faces of ``embed PATH...``). ``attrs["query"]`` keeps the query."""
     import pandas as pd
 
     keep = rows >= 0
@@ -93,7 +95,7 @@ def hits_frame(store: EmbeddingStore, scores: np.ndarray, rows: np.ndarray, quer
         "labels": labels,
     })
     if meta is not None:
-        for col in ("activity", "frame", "box_x", "box_y", "box_w", "box_h"):
+        for col in ("activity", "frame", "box_x", "box_y", "box_w", "box_h", "source", "timestamp", "face_id"):
             df[col] = meta[col].values
     df.attrs["query"] = query
     df.attrs["store"] = str(store.path)
@@ -101,8 +103,13 @@ def hits_frame(store: EmbeddingStore, scores: np.ndarray, rows: np.ndarray, quer
 
 
 def search_vectors(store, vectors: np.ndarray, k: int = 10, *, index: str = "auto",
-                   params: IndexParams | None = None, queries: Sequence[str] | None = None):
-    """Nearest store rows of each query vector: a list of hit DataFrames (one per query)."""
+                   params: IndexParams | None = None, queries: Sequence[str] | None = None,
+                   progress: bool = False):
+    """Nearest store rows of each query vector: a list of hit DataFrames (one per query).
+
+    Searches the store's saved index (memory-mapped); without a fresh one, small stores are
+    searched exactly and larger ones get their index built first, after a warning
+    (:func:`clefctl.store.index.index_for_query`; ``progress``: its progress bar)."""
     st, own = _open_store(store)
     try:
         if st.count == 0:
@@ -110,7 +117,7 @@ def search_vectors(store, vectors: np.ndarray, k: int = 10, *, index: str = "aut
         vectors = _unit(np.atleast_2d(np.asarray(vectors, dtype=np.float32)))
         if vectors.shape[1] != st.dim:
             raise ClefError(f"query vectors are {vectors.shape[1]}-d, the store holds {st.dim}-d rows")
-        idx = load_index(st, index, params)
+        idx = index_for_query(st, index, params, progress=progress)
         scores, rows = idx.search(vectors, k)
         names = list(queries) if queries is not None else [""] * len(vectors)
         return [hits_frame(st, scores[i], rows[i], names[i]) for i in range(len(vectors))]
@@ -125,25 +132,57 @@ def search_vectors(store, vectors: np.ndarray, k: int = 10, *, index: str = "aut
 
 
 def query_text(store, model, text: str | Sequence[str], k: int = 10, *, index: str = "auto",
-               params: IndexParams | None = None):
+               params: IndexParams | None = None, cache: bool = True, progress: bool = False):
     """The ``k`` store images nearest to a text (or the list of hit frames for a list of texts).
+
+    ``model`` is the store's model, or a callable that builds it (e.g. a text-only model,
+    :func:`clefctl.model.text.create_text`): it is called only when a text is not in the store's
+    query-text cache (``cache``; :func:`query_text_vectors`).
 
     Columns: rank, row, id, path, subject, score (cosine), labels, activity, frame, box_*.
     """
-    st, own = _open_store(store, model)
+    st, own = _open_store(store, None if _is_loader(model) else model)
     try:
         texts = [text] if isinstance(text, str) else list(text)
         if not texts or any(not str(t).strip() for t in texts):
             raise ClefError("the query text is empty")
-        hits = search_vectors(st, _encode(model, texts), k, index=index, params=params, queries=texts)
+        vectors = query_text_vectors(st, model, texts, cache=cache)
+        hits = search_vectors(st, vectors, k, index=index, params=params, queries=texts, progress=progress)
         return hits[0] if isinstance(text, str) else hits
     finally:
         if own:
             st.close()
 
 
+def _is_loader(model) -> bool:
+    return callable(model) and not hasattr(model, "encode_texts")
+
+
+def query_text_vectors(store: EmbeddingStore, model, texts: Sequence[str], *, cache: bool = True) -> np.ndarray:
+    """(T, D) unit embeddings of query ``texts`` by the store's model: those in the store's
+    query-text cache (:class:`clefctl.store.textcache.QueryTextCache`) are read from it, the
+    others encoded (``model`` built first when it is a callable; a model of another fingerprint
+    than the store's is refused) and added to it."""
+    from clefctl.store.textcache import QueryTextCache
+
+    qc = QueryTextCache(store.path, store.fingerprint) if cache else None
+    found = qc.lookup(texts) if qc is not None else {}
+    missing = [t for t in dict.fromkeys(texts) if t not in found]
+    if missing:
+        m = model() if _is_loader(model) else model
+        if getattr(m, "fingerprint", store.fingerprint) != store.fingerprint:
+            raise ClefError(f"store was embedded with model {store.fingerprint}, but the model given is "
+                            f"{m.fingerprint}", path=store.path,
+                            hint="embed the images again with this model, or load the model that made this store")
+        emb = _encode(m, missing)
+        found.update(zip(missing, emb))
+        if qc is not None:
+            qc.add(missing, emb)
+    return np.stack([np.asarray(found[t], dtype=np.float32) for t in texts])
+
+
 def query_image(store, model, image: str | os.PathLike, k: int = 10, *, index: str = "auto",
-                params: IndexParams | None = None):
+                params: IndexParams | None = None, progress: bool = False):
     """The ``k`` store images nearest to an image file, or to a store row given by its id
     (then the image encoder is not run and the row itself comes first, score 1)."""
     st, own = _open_store(store, model)
@@ -162,7 +201,7 @@ def query_image(store, model, image: str | os.PathLike, k: int = 10, *, index: s
                                                    f"{ids[0]!r}" if ids else None) from None
             vec = st.embeddings([row])
             label = f"id:{image}"
-        return search_vectors(st, vec, k, index=index, params=params, queries=[label])[0]
+        return search_vectors(st, vec, k, index=index, params=params, queries=[label], progress=progress)[0]
     finally:
         if own:
             st.close()
@@ -476,16 +515,16 @@ def rescore(store, model, prompts, mode: str = "names", *, logit_scale: float | 
 def _thumb(row, size: int):
     from PIL import ImageOps
 
-    from clefctl.data.records import crop_to_box, read_rgb
+    from clefctl.data.records import crop_to_box
 
     path = row.get("path") or ""
     if not path:
         return None, "no image file"
     try:
-        img = read_rgb(path)
+        img = _hit_image(path, row.get("frame"))
     except FileNotFoundError:
         return None, "not found"
-    except (OSError, ValueError):
+    except (OSError, ValueError, ClefError):
         return None, "unreadable"
     bw = row.get("box_w", -1)
     if bw is not None and not (isinstance(bw, float) and np.isnan(bw)) and int(bw) > 0:
@@ -493,6 +532,23 @@ def _thumb(row, size: int):
         cropped = crop_to_box(img, box)
         img = img if cropped is None else cropped
     return ImageOps.pad(img, (size, size), color=(30, 30, 30)), ""
+
+
+def _hit_image(path: str, frame):
+    """The image of a hit: the file, or for a video its frame (1-based) read back."""
+    import pandas as pd
+    from PIL import Image
+
+    from clefctl.data.faces import is_video, read_frame
+    from clefctl.data.records import read_rgb
+
+    if not is_video(path):
+        return read_rgb(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(path)
+    if frame is None or pd.isna(frame) or int(frame) < 1:
+        raise ClefError("a video hit without a frame number", path=path)
+    return Image.fromarray(read_frame(path, int(frame)))
 
 
 def contact_sheet_of_hits(hits, out_png: str | os.PathLike, *, cols: int = 5, thumb: int = 128,
@@ -540,6 +596,6 @@ def contact_sheet_of_hits(hits, out_png: str | os.PathLike, *, cols: int = 5, th
     return thumbnail_grid(sections, out_png, cols=cols, tile_px=thumb)
 
 
-__all__ = ["query_text", "query_image", "search_vectors", "hits_frame", "nearest_classes", "nearest_with_precision",
+__all__ = ["query_text", "query_text_vectors", "query_image", "search_vectors", "hits_frame", "nearest_classes", "nearest_with_precision",
            "class_texts", "class_text_embeddings", "rescore", "RescoreResult", "score_matrix",
            "contact_sheet_of_hits", "RESCORE_MODES"]

@@ -162,8 +162,15 @@ class ModelChoice:
     run: Run | None = None
     warning: str | None = None
 
-    def load(self, device=None, *, trust_checkpoint: bool = False, seed: int = 0, default_arch: str = "ViT-B-16"):
-        """Build the model (a clefctl checkpoint carries its own architecture)."""
+    def load(self, device=None, *, trust_checkpoint: bool = False, seed: int = 0, default_arch: str = "ViT-B-16",
+             towers: str = "both"):
+        """Build the model (a clefctl checkpoint carries its own architecture); ``towers="text"``:
+        only what encodes texts (:func:`clefctl.model.text.create_text`, same fingerprint)."""
+        if towers == "text":
+            from clefctl.model.text import create_text
+
+            return create_text(self.arch or default_arch, self.weights, device, seed=seed,
+                               trust_checkpoint=trust_checkpoint)
         from clefctl.model import create
 
         return create(self.arch or default_arch, self.weights, device, seed=seed, trust_checkpoint=trust_checkpoint)
@@ -282,7 +289,7 @@ class Workspace:
                                    warning=f"{what}: using a randomly initialised {a} (it has learned nothing)")
             raise ClefError(f"no model given and {what}",
                             hint=hint or "pass --weights model.pt (or --weights random for an untrained model)")
-        from clefctl.weights import hub, registry
+        from clefctl.weights import hub
 
         if str(ref).startswith(hub.HF_PREFIX):
             return ModelChoice(str(hub.snapshot(ref)), None, f"Hugging Face Hub model {ref[len(hub.HF_PREFIX):]}")
@@ -303,6 +310,8 @@ class Workspace:
         if path.is_file():
             run = Run(path.parent, path.parent.parent.name) if (path.parent / "config.yaml").is_file() else None
             return ModelChoice(str(path.resolve()), arch, f"weights {path}", run)
+        from clefctl.weights import registry  # imported only here: building its table imports open_clip
+
         named = registry.resolve(str(ref), arch)
         if named is not None:
             return ModelChoice(*named)

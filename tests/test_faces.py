@@ -251,3 +251,72 @@ def test_cli_missing_input_exits_2(tmp_path, capsys):
         main(["data", "prepare", str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "o")])
     assert exc.value.code == 2
     assert "missing.jpg" in capsys.readouterr().err
+
+
+# -- the face pipeline (iter_faces) ------------------------------------------------------
+
+def test_group_photo_every_face_numbered_left_to_right(tmp_path):
+    from clefctl.data.faces import iou_matrix, iter_faces
+    from clefctl.data.faces.scenes import group_photo
+
+    rgb, truth = group_photo(5, width=800, height=300, face=110, seed=7)
+    _write_rgb(tmp_path / "group.png", rgb)
+    (frame,) = list(iter_faces([tmp_path / "group.png"], size=64))
+    assert frame.frame == 1 and frame.timestamp == 0 and not frame.video and (frame.width, frame.height) == (800, 300)
+    assert [f.face_id for f in frame.faces] == [0, 1, 2, 3, 4]
+    assert iou_matrix(np.array([f.box for f in frame.faces]), np.array(truth)).diagonal().min() > 0.4
+    assert all(f.crop.shape == (64, 64, 3) and 0 < f.confidence <= 1 for f in frame.faces)
+
+
+def test_pipeline_takes_any_detector_and_reports_unreadable_inputs(tmp_path, astronaut):
+    from clefctl.data.faces import Detection, Detector, PipelineStats, iter_faces
+
+    class Corners(Detector):
+        name = "corners"
+
+        def detect(self, rgb, grey=None):
+            return [Detection((0, 0, 40, 40), 0.5, 1.0), Detection((100, 100, 60, 60), 0.9, 2.0)]
+
+    _write_rgb(tmp_path / "a.png", astronaut)
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    stats = PipelineStats()
+    calls = []
+
+    def encoder(crops):
+        calls.append(len(crops))
+        return np.ones((len(crops), 3), np.float32) / np.sqrt(3)
+
+    out = list(iter_faces([tmp_path / "a.png", tmp_path / "b.png"], detector=Corners(), size=32,
+                          encoders=[encoder], stats=stats))
+    assert [f.box for f in out[0].faces] == [(0, 0, 40, 40), (100, 100, 60, 60)]
+    assert out[0].faces[1].feature.shape == (3,) and calls == [2]
+    assert out[1].unreadable and out[1].faces == [] and stats.unreadable == [str(tmp_path / "b.png")]
+    assert stats.frames == 1 and stats.faces == 2 and stats.photos == 1
+
+
+def test_video_detection_searches_a_reduced_copy():
+    from clefctl.data.faces import HaarDetector
+
+    det = HaarDetector.for_video()
+    work, scale, pad = det.detection_image(np.zeros((360, 640), np.uint8))
+    assert pad == 0 and work.shape == (round(360 * scale), round(640 * scale)) and scale < 0.65
+    # the smallest face wanted (1/8 of 360 = 45 px) spans about one 24-px cascade window
+    assert 24 <= 45 * scale <= 30
+    photo, s2, _ = HaarDetector.for_photos().detection_image(np.zeros((360, 640), np.uint8))
+    assert s2 == 1.0 and photo.shape == (360, 640)
+
+
+def test_read_frame_gives_the_frame_the_pipeline_numbered(tmp_path, astronaut):
+    from clefctl.data.faces import read_frame
+
+    video = tmp_path / "clip.avi"
+    frames = [np.roll(cv2.resize(astronaut, (128, 128)), 20 * i, axis=1) for i in range(5)]
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (128, 128))
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    got = read_frame(video, 4)
+    errors = [np.abs(got.astype(int) - f.astype(int)).mean() for f in frames]
+    assert int(np.argmin(errors)) == 3
+    with pytest.raises(ClefError, match="no frame 9"):
+        read_frame(video, 9)

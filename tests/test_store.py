@@ -384,7 +384,7 @@ def test_index_is_rebuilt_when_stale_and_ivf_agrees_with_flat(tmp_path):
     _, rows = hnsw.search(queries, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, exact)])
     assert recall >= 0.9
-    assert S.resolve_index_kind("auto", 99_999) == "flat" and S.resolve_index_kind("auto", 100_000) == "ivf"
+    assert S.resolve_index_kind("auto", 99_999) == "flat" and S.resolve_index_kind("auto", 100_000) == "ivf-sq8"
     with pytest.raises(ClefError, match="unknown index"):
         S.resolve_index_kind("lsh", 10)
 

@@ -408,4 +408,4 @@ def test_predict_cli_takes_an_exported_folder(trained, env, capsys, synth):
     import pandas as pd
 
     row = pd.read_csv(a).iloc[0]
-    assert row.no_face == 0 and 0 <= row.AU12_p <= 1  # a face was scored, not two empty rows compared
+    assert row.success == 1 and 0 <= row.AU12_p <= 1  # a face was scored, not two empty rows compared

@@ -20,13 +20,21 @@ def summary_lines(res) -> list[str]:
     else:
         now = (f"{report.embedded_now} embedded now at {report.images_per_s:.1f} img/s"
                f"{', resumed after ' + str(report.resumed_from) if report.resumed_from else ''}")
-    lines = [f"{report.rows} images in {res.store_path} ({report.skipped} unreadable skipped; {now})"]
+    if "faces" in res.summary:  # photos and videos: one row per face
+        now = now.replace("img/s", "faces/s")
+        fps = f", {res.summary['fps']} frames/s" if res.summary.get("fps") else ""
+        lines = [f"{report.rows} faces in {res.store_path} from {res.summary['frames']} frames of "
+                 f"{res.summary['sources']} files ({res.summary['no_face_frames']} frames without a face, "
+                 f"{report.skipped} unreadable files skipped; {now}{fps})"]
+    else:
+        lines = [f"{report.rows} images in {res.store_path} ({report.skipped} unreadable skipped; {now})"]
     if "index" in res.summary:
         lines.append(f"index: {res.summary['index']['kind']} over {res.summary['index']['rows']} rows")
     return lines
 
 
 @click.command("embed")
+@click.argument("paths", nargs=-1)
 @click.option("--dataset", "dataset", default=None,
               help="Registered data set, e.g. rafdb, bp4d, synthetic-fer (default: the latest fine-tuning run's).")
 @click.option("--dataset-root", default=None, type=click.Path(), help="The data set's own folder (or CSV).")
@@ -48,13 +56,22 @@ def summary_lines(res) -> list[str]:
               help="Stored embedding type.")
 @click.option("--workers", default=None, type=click.IntRange(min=0), help="Image-loading processes.")
 @click.option("--index", "index_kind", default="auto", show_default=True,
-              type=click.Choice(["auto", "flat", "hnsw", "ivf", "none"]), help="FAISS index to build after embedding.")
+              type=click.Choice(["auto", "flat", "ivf", "ivf-sq8", "ivf-pq", "hnsw", "ivf-ondisk", "none"]),
+              help="FAISS index to build after embedding (auto: docs/store.md; `clefctl index build` rebuilds it).")
+@click.option("--every", default=1, show_default=True, type=click.IntRange(min=1),
+              help="PATH...: keep every N-th video frame.")
+@click.option("--max-frames", default=None, type=click.IntRange(min=1), help="PATH...: at most this many frames per video.")
 @click.option("--overwrite", is_flag=True, help="Start the store again instead of resuming it.")
 @click.option("--workspace", default=None, type=click.Path(file_okay=False), help="Run folder root.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def embed(dataset, dataset_root, data_root, split, weights, arch, trust_checkpoint, device, out, batch_size,
-          chunk_size, dtype, workers, index_kind, overwrite, workspace, as_json) -> None:
-    """Embed a data set's images into a resumable HDF5 store (and build its FAISS index).
+def embed(paths, dataset, dataset_root, data_root, split, weights, arch, trust_checkpoint, device, out, batch_size,
+          chunk_size, dtype, workers, index_kind, every, max_frames, overwrite, workspace, as_json) -> None:
+    """Embed a data set's images, or every face of photos and videos, into a resumable HDF5 store
+    (and build its FAISS index).
+
+    PATH... (files, folders, globs, videos): one row per face per photo or sampled frame, with
+    its source file, frame, timestamp, face id and box (the faces predict finds); `query` then
+    shows where in which video each hit is.
 
     Killed runs continue from the last committed chunk when started again. Under torchrun each
     process embeds a shard and rank 0 merges them.
@@ -64,6 +81,7 @@ def embed(dataset, dataset_root, data_root, split, weights, arch, trust_checkpoi
     \b
     Example: clefctl embed
              clefctl embed --dataset synthetic-fer --weights random --arch clef-tiny
+             clefctl embed interviews/ --every 5 --weights farl-ep64
     """
     from clefctl.store.embed import EmbedOptions, run_embed
 
@@ -71,7 +89,7 @@ def embed(dataset, dataset_root, data_root, split, weights, arch, trust_checkpoi
         dataset=dataset, dataset_root=dataset_root, data_root=data_root, split=split, weights=weights, arch=arch,
         trust_checkpoint=trust_checkpoint, device=device, out=out, batch_size=batch_size, chunk_size=chunk_size,
         dtype=dtype, workers=workers, index=index_kind, overwrite=overwrite, workspace=workspace,
-        progress=not as_json))
+        progress=not as_json, paths=tuple(paths), every=every, max_frames=max_frames))
     if not res.main:
         return
     if as_json:

@@ -61,6 +61,8 @@ def evaluate(k, config, dataset, checkpoint, split, tune_thresholds, ablation, e
     else:
         out = ev.evaluate_kfold(k, config, workspace, dataset, data_root, dataset_root, tune_thresholds, device,
                                 progress=not no_progress and not as_json)
+    if out.run is None:  # torchrun: rank 0 prints
+        return
     if as_json:
         click.echo(json.dumps(reports.jsonable(out.result), indent=2))
         return

@@ -7,6 +7,7 @@ fine-tuning run's data set first (:func:`clefctl.store.run_embed`) when there is
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -56,7 +57,8 @@ def resolve_store(store: str | None, run_ref: str | None, workspace) -> tuple[Pa
 @click.option("--trust-checkpoint", is_flag=True,
               help="Allow full unpickling of a trusted weights file (never taken from a config file).")
 @click.option("--index", "index_kind", default="auto", show_default=True,
-              type=click.Choice(["auto", "flat", "hnsw", "ivf"]))
+              type=click.Choice(["auto", "flat", "ivf", "ivf-sq8", "ivf-pq", "hnsw", "ivf-ondisk"]),
+              help="Index to search: auto = the store's saved one (see `clefctl index build`).")
 @click.option("--classes", "show_classes", is_flag=True,
               help="Also show which prompt classes the query text is nearest to, and precision@k of the hits.")
 @click.option("--sheet", "--contact-sheet", "sheet", default=None, type=click.Path(dir_okay=False),
@@ -83,17 +85,21 @@ def query(text, image, k, store, run_ref, weights, arch, trust_checkpoint, index
     if store is None and run_ref is None and ws.latest("embed") is None:
         _embed_first(workspace)
     store_path, cfg = resolve_store(store, run_ref, ws)
-    model = store_model(store_path, cfg, weights, arch, trust_checkpoint, workspace)
-    hits = (query_text(store_path, model, text, k=k, index=index_kind) if text is not None
-            else query_image(store_path, model, image, k=k, index=index_kind))
+    if text is not None:  # the text tower only, built only when the query text is not cached already
+        eager = weights is not None or show_classes   # an explicit model is checked against the store
+        model = store_model(store_path, cfg, weights, arch, trust_checkpoint, workspace, towers="text", lazy=not eager)
+        hits = query_text(store_path, model, text, k=k, index=index_kind, progress=True)
+    else:
+        model = store_model(store_path, cfg, weights, arch, trust_checkpoint, workspace)
+        hits = query_image(store_path, model, image, k=k, index=index_kind, progress=True)
     if sheet:
         contact_sheet_of_hits(hits, sheet, title=text or image)
-    cols = ["rank", "score", "id", "labels", "subject", "path"]
+    cols = ["rank", "score", "id", "labels", "subject", "path", "source", "frame", "timestamp", "face_id"]
     near = None
     if show_classes and text is not None:
         near = nearest_with_precision(model, text, hits, cfg)
     if as_json:
-        records = hits[cols].to_dict(orient="records")
+        records = hit_records(hits, cols)
         out = {"query": text or image, "store": str(store_path), "hits": records}
         if near is not None:
             out["classes"] = near
@@ -103,10 +109,13 @@ def query(text, image, k, store, run_ref, weights, arch, trust_checkpoint, index
     from rich.table import Table
 
     table = Table(title=f"{text or image}  ({store_path.name}, top {len(hits)})")
-    for c in cols:
-        table.add_column(c, justify="right" if c in ("rank", "score") else "left")
-    for r in hits[cols].itertuples(index=False):
-        table.add_row(str(r.rank), f"{r.score:.4f}", str(r.id), str(r.labels), str(r.subject), str(r.path))
+    faces = "face_id" in hits and bool((hits["face_id"] >= 0).any())   # photos and videos: where each face is
+    shown = ["rank", "score", "source", "frame", "timestamp", "face_id"] if faces else \
+        ["rank", "score", "id", "labels", "subject", "path"]
+    for c in shown:
+        table.add_column(c, justify="right" if c in ("rank", "score", "frame", "timestamp", "face_id") else "left")
+    for rec in hit_records(hits, shown):
+        table.add_row(*(_cell(c, rec[c]) for c in shown))
     Console().print(table)
     if near is not None:
         click.echo("nearest classes: " + ", ".join(f"{c['class_id']} ({c['name']}, {c['score']:.3f})"
@@ -117,10 +126,41 @@ def query(text, image, k, store, run_ref, weights, arch, trust_checkpoint, index
         click.echo(f"contact sheet: {sheet}")
 
 
+def hit_records(hits, cols: list[str]) -> list[dict]:
+    """Hits as JSON-able dicts of ``cols``: numpy scalars as Python numbers, and "none" (NaN, NA,
+    face_id -1, an empty source) as None."""
+    import math
+
+    out = []
+    for rec in hits.reindex(columns=cols).to_dict(orient="records"):
+        row = {}
+        for c, v in rec.items():
+            v = v.item() if hasattr(v, "item") else v
+            if v is None or (isinstance(v, float) and math.isnan(v)) or str(v) == "<NA>" or \
+                    (c == "face_id" and v == -1) or (c == "source" and v == ""):
+                v = None
+            row[c] = v
+        out.append(row)
+    return out
+
+
+def _cell(column: str, value) -> str:
+    if value is None:
+        return ""
+    if column == "score":
+        return f"{value:.4f}"
+    if column == "timestamp":
+        return f"{value:.2f} s"
+    if column == "source":  # the file name; --json has the whole path
+        return Path(str(value)).name
+    return str(value)
+
+
 def store_model(store_path: Path, cfg: dict, weights: str | None, arch: str | None, trust_checkpoint: bool,
-                workspace=None):
+                workspace=None, towers: str = "both", lazy: bool = False):
     """The model that made a store: ``--weights``/``--arch`` when given, else those of its embed run,
-    through the workspace's model resolver."""
+    through the workspace's model resolver (``towers="text"``: the text tower only; ``lazy``: the
+    weights are resolved now, and a callable that builds the model is returned)."""
     from clefctl.workspace import Workspace
 
     w = weights if weights is not None else cfg.get("weights")
@@ -128,7 +168,9 @@ def store_model(store_path: Path, cfg: dict, weights: str | None, arch: str | No
         raise ClefError("the store's model is unknown (it was not written by an embed run)", path=store_path,
                         hint="pass --weights (and --arch) of the model that made the store")
     a = arch or cfg.get("arch") or "ViT-B-16"
-    return Workspace(workspace).resolve_model(w, arch=a).load(trust_checkpoint=trust_checkpoint, default_arch=a)
+    choice = Workspace(workspace).resolve_model(w, arch=a)
+    load = functools.partial(choice.load, trust_checkpoint=trust_checkpoint, default_arch=a, towers=towers)
+    return load if lazy else load()
 
 
 @click.command("rescore")

@@ -120,7 +120,12 @@ def _train_config(kw: dict) -> TrainConfig:
 
 def _report(run, as_json: bool, stage: str) -> None:
     """The summary of a finished run, from the run's own files (a resumed run's data set and init,
-    not this command line's defaults), with the count of unreadable training images skipped."""
+    not this command line's defaults), with the count of unreadable training images skipped.
+    Under torchrun only rank 0 prints."""
+    from clefctl.distributed import is_main
+
+    if not is_main():
+        return
     cfg = run.config()
     extra = {"stage": stage, "dataset": cfg.get("dataset")}
     if stage == "finetune":

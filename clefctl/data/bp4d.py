@@ -11,6 +11,12 @@ chosen AUs; a 9 (or an empty cell) sets ``au_mask`` to 0 for that AU, and a fram
 none of the chosen AUs coded is left out. Frames listed in a CSV but missing on disk are
 skipped, counted in ``bundle.skipped`` and listed in ``bundle.missing``.
 
+At BP4D+'s scale (1.5M labelled frames) the label files are parsed column-wise (pandas' C
+reader; a file it cannot vouch for is read again row by row, which names the bad line), frame
+folders are listed once each, frames with the same AU codes share one read-only ``aus`` /
+``au_mask`` array, and the result is kept in the index cache (:mod:`clefctl.data.index_cache`)
+while the label files and frame folders are unchanged.
+
 ``mode="pretrain"`` lists every frame under ``{subject}/{task}/`` with only its task
 (``task="activity"``, no labels); ``max_frames`` keeps at most that many, split equally
 over the tasks (a task with fewer frames gives its share to the others) and spread
@@ -20,6 +26,7 @@ evenly over each task's frames in (subject, frame) order.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from pathlib import Path
@@ -27,8 +34,10 @@ from typing import Sequence
 
 import numpy as np
 
-from clefctl.data.records import (DatasetBundle, Sample, list_frames, natural_task_key,
+from clefctl.data.index_cache import cached_bundle
+from clefctl.data.records import (DatasetBundle, Sample, frame_names, natural_task_key,
                                   open_text, parse_aus, require_root)
+from clefctl.data.table import no_gc
 from clefctl.errors import ClefError
 
 LITERATURE_AUS = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
@@ -70,12 +79,20 @@ def load(root: Path, *, aus: Sequence | str | None = None, mode: str = "au",
     if not use_canonical:
         canonical_folds = None
     task_filter = None if tasks is None else {str(t) for t in tasks}
+    key = {"adapter": "bp4d", "root": str(root.resolve()), "mode": mode, "name": name, "prompts": prompts,
+           "label": label, "tasks": None if task_filter is None else sorted(task_filter),
+           "canonical_folds": canonical_folds}
     if mode == "au":
-        return _load_au(root, parse_aus(aus, LITERATURE_AUS), task_filter, name, prompts,
-                        label, canonical_folds)
+        aus = parse_aus(aus, LITERATURE_AUS)
+        csv_files = _label_files(root, label, task_filter)
+        folders = [root / subject / task for subject, task, _ in csv_files]
+        return cached_bundle(dict(key, aus=aus), [p for _, _, p in csv_files] + folders, lambda: _load_au(
+            root, aus, csv_files, name, prompts, label, canonical_folds))
     if mode == "pretrain":
-        return _load_pretrain(root, task_filter, max_frames, name, prompts, label,
-                              canonical_folds)
+        folders = _task_folders(root, task_filter)
+        inputs = [root] + sorted({root / s for s, _ in folders}) + [root / s / t for s, t in folders]
+        return cached_bundle(dict(key, max_frames=max_frames), inputs, lambda: _load_pretrain(
+            root, folders, max_frames, name, prompts, label, canonical_folds))
     raise ClefError(f"unknown {label} mode {mode!r}: use 'au' or 'pretrain'")
 
 
@@ -89,8 +106,8 @@ def load_plus(root: Path, **opts) -> DatasetBundle:
     return load(root, **opts)
 
 
-def _load_au(root: Path, aus: list[int], task_filter: set[str] | None, name: str,
-             prompts: str, label: str, canonical_folds) -> DatasetBundle:
+def _label_files(root: Path, label: str, task_filter: set[str] | None) -> list[tuple[str, str, Path]]:
+    """(subject, task, path) of each ``AUCoding/AU_OCC/{subject}_{task}.csv`` of the chosen tasks."""
     occ = root / "AUCoding" / "AU_OCC"
     if not occ.is_dir():
         raise ClefError(f"{label} AU label folder not found (expected {_LAYOUT}; "
@@ -99,26 +116,42 @@ def _load_au(root: Path, aus: list[int], task_filter: set[str] | None, name: str
     if not csv_files:
         raise ClefError(f"no {{subject}}_{{task}}.csv label files in the {label} AU folder",
                         path=occ)
-    samples: list[Sample] = []
-    missing: list[str] = []
-    tasks_seen: set[str] = set()
+    out = []
     for path in csv_files:
         if "_" not in path.stem:
             raise ClefError(f"{label} label file name is not {{subject}}_{{task}}.csv",
                             path=path)
         subject, task = path.stem.rsplit("_", 1)
-        if task_filter is not None and task not in task_filter:
-            continue
-        frames = list_frames(root / subject / task)
-        rows = _read_occ_csv(path, aus)
-        for frame, codes, mask in rows:
-            img = frames.get(frame)
-            if img is None:
-                missing.append(f"{root / subject / task} frame {frame}")
+        if task_filter is None or task in task_filter:
+            out.append((subject, task, path))
+    return out
+
+
+def _load_au(root: Path, aus: list[int], csv_files: list[tuple[str, str, Path]], name: str,
+             prompts: str, label: str, canonical_folds) -> DatasetBundle:
+    samples: list[Sample] = []
+    missing: list[str] = []
+    tasks_seen: set[str] = set()
+    shared: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # one array pair per AU code pattern
+    with no_gc():
+        for subject, task, path in csv_files:
+            folder = root / subject / task
+            names = _frame_names(folder)
+            frames, codes, mask = _read_occ_csv(path, aus)
+            if not len(frames):
                 continue
-            samples.append(Sample(id=f"{subject}/{task}/{frame}", subject=subject,
-                                  path=str(img), activity=task, frame=frame,
-                                  aus=codes, au_mask=mask))
+            patterns = np.concatenate([codes, mask], axis=1).astype(np.uint8)
+            prefix, where = f"{subject}/{task}/", f"{folder}{os.sep}"
+            for frame, pattern in zip(frames.tolist(), patterns):
+                name_on_disk = names.get(frame)
+                if name_on_disk is None:
+                    missing.append(f"{folder} frame {frame}")
+                    continue
+                pair = shared.get(pattern.tobytes())
+                if pair is None:
+                    pair = shared[pattern.tobytes()] = _frozen_pair(pattern, len(aus))
+                samples.append(Sample(id=f"{prefix}{frame}", subject=subject, path=where + name_on_disk,
+                                      activity=task, frame=frame, aus=pair[0], au_mask=pair[1]))
             tasks_seen.add(task)
     if not samples:
         raise ClefError(f"no {label} frames found: the label files list {len(missing)} frames but "
@@ -131,8 +164,67 @@ def _load_au(root: Path, aus: list[int], task_filter: set[str] | None, name: str
                          missing=missing)
 
 
-def _read_occ_csv(path: Path, aus: list[int]) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """Parse one AU_OCC file -> [(frame, aus float32 (C,), mask float32 (C,))]."""
+def _frame_names(folder: Path) -> dict[int, str]:
+    """Frame number -> file name in ``folder`` (one listing; the benchmark replaces it)."""
+    return frame_names(folder)
+
+
+def _frozen_pair(pattern: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    codes, mask = pattern[:c].astype(np.float32), pattern[c:].astype(np.float32)
+    codes.flags.writeable = mask.flags.writeable = False  # shared by every frame with this pattern
+    return codes, mask
+
+
+def _read_occ_csv(path: Path, aus: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parse one AU_OCC file -> (frames int64 (n,), aus float32 (n, C), mask float32 (n, C)), the
+    frames with at least one chosen AU coded. Column-wise when the file is regular; otherwise (or
+    when anything is off) row by row, which raises ClefError naming the bad line."""
+    fast = _read_occ_columns(path, aus)
+    if fast is not None:
+        return fast
+    rows = _read_occ_rows(path, aus)
+    if not rows:
+        c = len(aus)
+        return np.zeros(0, np.int64), np.zeros((0, c), np.float32), np.zeros((0, c), np.float32)
+    return (np.array([r[0] for r in rows], dtype=np.int64), np.stack([r[1] for r in rows]),
+            np.stack([r[2] for r in rows]))
+
+
+def _read_occ_columns(path: Path, aus: list[int]):
+    """The fast reader of :func:`_read_occ_csv`, or None when the file needs the row reader: the
+    header, widths, frame numbers and codes are checked here, and anything the row reader would
+    read differently or refuse sends the file there."""
+    with open_text(path) as fh:  # decoding and NUL checks as for every list file
+        text = "".join(fh)
+    head, _, body = text.partition("\n")
+    try:
+        header = _trim(next(csv.reader([head.rstrip("\r")])))
+        numbers = [int(float(h)) for h in header]
+        frame_col, cols = numbers.index(0), [numbers.index(a) for a in aus]
+    except (StopIteration, ValueError):
+        return None
+    c = len(aus)
+    if not body.strip():
+        return np.zeros(0, np.int64), np.zeros((0, c), np.float32), np.zeros((0, c), np.float32)
+    import pandas as pd
+
+    try:
+        values = pd.read_csv(io.StringIO(body), header=None, dtype=np.float64, engine="c").to_numpy()
+    except (ValueError, pd.errors.ParserError):
+        return None
+    if values.shape[1] != len(header) or np.isnan(values[:, -1]).any() or np.isnan(values[:, frame_col]).any():
+        return None  # ragged or blank-ended rows: the row reader says which line
+    codes = np.nan_to_num(values[:, cols], nan=_NOT_CODED)
+    if not np.isin(codes, (0.0, 1.0, float(_NOT_CODED))).all():
+        return None
+    mask = codes != _NOT_CODED
+    keep = mask.any(axis=1)
+    return (np.trunc(values[keep, frame_col]).astype(np.int64), (codes[keep] == 1).astype(np.float32),
+            mask[keep].astype(np.float32))
+
+
+def _read_occ_rows(path: Path, aus: list[int]) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Parse one AU_OCC file row by row -> [(frame, aus float32 (C,), mask float32 (C,))]."""
     with open_text(path) as fh:
         reader = csv.reader(fh)
         try:
@@ -194,23 +286,27 @@ def _code(text: str) -> int:
     return int(v)
 
 
-def _load_pretrain(root: Path, task_filter: set[str] | None, max_frames: int | None,
-                   name: str, prompts: str, label: str, canonical_folds) -> DatasetBundle:
-    # (subject, frame, path) tuples first: BP4D+ has ~1.5 M frames and only the sampled
-    # ones become Sample records.
-    per_task: dict[str, list[tuple[str, int, Path]]] = {}
+def _task_folders(root: Path, task_filter: set[str] | None) -> list[tuple[str, str]]:
+    """(subject, task) of every ``{subject}/T<n>/`` folder of the chosen tasks, in name order."""
     with os.scandir(root) as it:
         subjects = sorted(e.name for e in it if e.is_dir() and e.name != "AUCoding"
                           and not e.name.startswith("."))
+    out = []
     for subject in subjects:
-        sdir = root / subject
-        with os.scandir(sdir) as it:
+        with os.scandir(root / subject) as it:
             task_dirs = sorted(e.name for e in it if e.is_dir() and _TASK_DIR.match(e.name))
-        for task in task_dirs:
-            if task_filter is not None and task not in task_filter:
-                continue
-            frames = list_frames(sdir / task)
-            per_task.setdefault(task, []).extend((subject, f, frames[f]) for f in sorted(frames))
+        out += [(subject, task) for task in task_dirs if task_filter is None or task in task_filter]
+    return out
+
+
+def _load_pretrain(root: Path, folders: list[tuple[str, str]], max_frames: int | None,
+                   name: str, prompts: str, label: str, canonical_folds) -> DatasetBundle:
+    # (subject, frame, file name) tuples first: BP4D+ has ~1.5 M frames and only the sampled
+    # ones become Sample records.
+    per_task: dict[str, list[tuple[str, int, str]]] = {}
+    for subject, task in folders:
+        frames = _frame_names(root / subject / task)
+        per_task.setdefault(task, []).extend((subject, f, frames[f]) for f in sorted(frames))
     per_task = {t: items for t, items in per_task.items() if items}
     if not per_task:
         raise ClefError(f"no {label} frames found under {{subject}}/{{task}}/ "
@@ -219,9 +315,10 @@ def _load_pretrain(root: Path, task_filter: set[str] | None, max_frames: int | N
     if max_frames is not None:
         quotas = even_quotas({t: len(per_task[t]) for t in activities}, int(max_frames))
         per_task = {t: _spread(per_task[t], quotas[t]) for t in activities}
-    samples = [Sample(id=f"{subject}/{t}/{frame}", subject=subject, path=str(path),
-                      activity=t, frame=frame)
-               for t in activities for subject, frame, path in per_task[t]]
+    with no_gc():
+        samples = [Sample(id=f"{subject}/{t}/{frame}", subject=subject,
+                          path=f"{root / subject / t}{os.sep}{file}", activity=t, frame=frame)
+                   for t in activities for subject, frame, file in per_task[t]]
     return DatasetBundle(name=name, task="activity", classes=[], samples=samples, root=root,
                          prompts=prompts, activities=activities,
                          canonical_folds=canonical_folds)

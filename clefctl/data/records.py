@@ -35,7 +35,7 @@ from clefctl.errors import ClefError
 # ------------------------------------------------------------------------------------ records
 
 
-@dataclass
+@dataclass(slots=True)  # no per-sample __dict__: ~120 bytes less a sample (BP4D+ has 1.5M)
 class Sample:
     id: str                        # unique within the data set, e.g. "F001/T1/123", "train_00001"
     subject: str                   # identity; "" when unknown (FER sets: one subject per image id)
@@ -90,14 +90,51 @@ def subject_of(sample: Sample) -> str:
 # --------------------------------------------------------------------------------- images
 
 
-def read_rgb(path: str | Path) -> Image.Image:
+def read_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
     """Decode an image file as RGB, fully (a truncated file fails here, not later).
 
     The one image reader: raises ``OSError``/``ValueError`` (PIL's errors) for files that cannot be
-    read or decoded, for the caller to skip and count or to report."""
+    read or decoded, for the caller to skip and count or to report. ``min_side``: a JPEG at least
+    twice that size is decoded reduced (:func:`read_reduced`); any other image is decoded in full,
+    to the same pixels as without it."""
+    return read_reduced(path, min_side)[0]
+
+
+def read_reduced(path: str | Path, min_side: int | None = None, box=None) -> tuple[Image.Image, float]:
+    """``(RGB image, scale)``: the file decoded at ``scale`` (1, 1/2, 1/4 or 1/8) of its size.
+
+    A JPEG is decoded reduced in the DCT (PIL's ``draft``: several times cheaper than decoding in
+    full and resizing) by the largest factor that keeps the shorter side of ``box`` (x, y, w, h in
+    the file's pixels; default the whole image) at least ``min_side`` pixels; other formats, and
+    JPEGs smaller than twice that, are decoded in full (``scale`` 1). Multiply a box by ``scale``
+    to cut the reduced image."""
     with Image.open(path) as raw:
+        full_w, full_h = raw.size
+        factor = _draft_factor(full_w, full_h, min_side, box) if raw.format == "JPEG" else 1
+        if factor > 1:
+            raw.draft(None, (-(-full_w // factor), -(-full_h // factor)))
         raw.load()
-        return raw.convert("RGB")
+        img = raw.convert("RGB")
+    return img, img.width / full_w
+
+
+def decode_size_for(image_size: int) -> int:
+    """The ``min_side`` a model of input ``image_size`` decodes JPEGs to: twice its input, the
+    resolution :func:`cache_images` keeps (random crops and the final resize still start from
+    more pixels than they make). Frames at least twice that (BP4D's 1040x1392 for 224 px) are
+    decoded at 1/2, 1/4 or 1/8; smaller images, such as the synthetic sets, decode in full."""
+    return 2 * int(image_size)
+
+
+def _draft_factor(width: int, height: int, min_side: int | None, box) -> int:
+    """The JPEG reduction (1, 2, 4 or 8) that keeps the shorter side of ``box`` >= ``min_side``."""
+    if not min_side or min_side <= 0:
+        return 1
+    short = min(width, height) if box is None else min(int(box[2]), int(box[3]))
+    for factor in (8, 4, 2):
+        if short >= factor * min_side:
+            return factor
+    return 1
 
 
 def clamp_box(box, width: int, height: int) -> tuple[int, int, int, int] | None:
@@ -119,12 +156,14 @@ def crop_to_box(img: Image.Image, box) -> Image.Image | None:
     return img if corners == (0, 0, img.width, img.height) else img.crop(corners)
 
 
-def open_image(sample: Sample) -> Image.Image:
+def open_image(sample: Sample, min_side: int | None = None) -> Image.Image:
     """Decode ``sample`` (file or in-memory pixels) as an RGB PIL image, cropped by its box.
 
-    The box (x, y, w, h) is clamped to the image. Raises ``ClefError`` when the sample has
-    neither a path nor pixels or the clamped box is empty, and PIL/OS errors when the file
-    cannot be read or decoded (``SampleDataset`` catches both).
+    The box (x, y, w, h) is clamped to the image. ``min_side``: a JPEG file may be decoded
+    reduced as long as the shorter side of the face (the box, else the image) keeps that many
+    pixels (:func:`read_reduced`). Raises ``ClefError`` when the sample has neither a path nor
+    pixels or the clamped box is empty, and PIL/OS errors when the file cannot be read or decoded
+    (``SampleDataset`` catches both).
     """
     if sample.pixels is not None:
         arr = np.asarray(sample.pixels)
@@ -132,15 +171,19 @@ def open_image(sample: Sample) -> Image.Image:
             arr = np.clip(arr, 0, 255).astype(np.uint8)
         if arr.ndim == 3 and arr.shape[2] == 1:
             arr = arr[:, :, 0]
-        img = Image.fromarray(arr).convert("RGB")
+        img, scale = Image.fromarray(arr).convert("RGB"), 1.0
+        box = sample.box
     elif sample.path is not None:
-        img = read_rgb(sample.path)
+        img, scale = read_reduced(sample.path, min_side, sample.box)
+        box = sample.box if sample.box is None or scale == 1 else \
+            tuple(int(round(v * scale)) for v in sample.box)
     else:
         raise ClefError(f"sample {sample.id!r} has neither an image path nor pixels")
-    if sample.box is not None:
-        cropped = crop_to_box(img, sample.box)
+    if box is not None:
+        cropped = crop_to_box(img, box)
         if cropped is None:
-            raise ClefError(f"face box {sample.box} lies outside the {img.width}x{img.height} "
+            raise ClefError(f"face box {sample.box} lies outside the {round(img.width / scale)}x"
+                            f"{round(img.height / scale)} "
                             f"image of sample {sample.id!r}", path=sample.path)
         img = cropped
     return img
@@ -175,22 +218,31 @@ class SampleDataset(Dataset):
     ``{"index": i, "unreadable": True}`` and :func:`collate` leaves it out of the batch. Either
     way it is counted once in ``.skipped`` and warned about once per dataset. With worker
     processes each worker keeps its own count (the batches' ``"unreadable"`` lists do not).
+
+    ``decode_size``: JPEG files are decoded reduced as long as the face (or the image) keeps that
+    many pixels on its shorter side (:func:`read_reduced`; :func:`decode_size_for` of the model). The
+    samples are held as a :class:`clefctl.data.table.SampleTable` (``.samples``), which DataLoader
+    workers share with the training process without copying it.
     """
 
     def __init__(self, samples: Sequence[Sample], transform: Callable | None = None,
                  classes_count: int = 0, task: str = "au",
-                 activities: Sequence[str] | None = None, unreadable: str = "substitute"):
+                 activities: Sequence[str] | None = None, unreadable: str = "substitute",
+                 decode_size: int | None = None):
+        from clefctl.data.table import SampleTable
+
         if task not in ("au", "fer", "activity"):
             raise ClefError(f"unknown task {task!r}: expected au, fer or activity")
         if unreadable not in UNREADABLE_POLICIES:
             raise ValueError(f"unreadable={unreadable!r}: expected one of {UNREADABLE_POLICIES}")
-        self.samples = list(samples)
+        self.samples = SampleTable.from_samples(samples)
         self.transform = transform
         self.classes_count = int(classes_count)
         self.task = task
         self.unreadable = unreadable
+        self.decode_size = decode_size
         if activities is None:
-            activities = sorted({s.activity for s in self.samples if s.activity})
+            activities = sorted({a for a in self.samples.values("activity") if a})
         self.activities = list(activities)
         self._activity_index = {a: i for i, a in enumerate(self.activities)}
         self._bad: set[int] = set()
@@ -213,11 +265,12 @@ class SampleDataset(Dataset):
                           f"unreadable images are {what} quietly and counted",
                           RuntimeWarning, stacklevel=3)
 
-    def _open(self, j: int) -> Image.Image | None:
+    def _open(self, j: int) -> tuple[Sample, Image.Image] | None:
         if j in self._bad:
             return None
+        sample = self.samples[j]
         try:
-            return open_image(self.samples[j])
+            return sample, open_image(sample, self.decode_size)
         except Exception as exc:  # noqa: BLE001 - any decode failure is skipped, counted
             self._mark_bad(j, exc)
             return None
@@ -228,18 +281,17 @@ class SampleDataset(Dataset):
             raise IndexError("empty SampleDataset")
         index = int(index) % n
         if self.unreadable == "mark":
-            img = self._open(index)
-            return {"index": index, "unreadable": True} if img is None else self._item(index, img)
+            opened = self._open(index)
+            return {"index": index, "unreadable": True} if opened is None else self._item(index, *opened)
         for step in range(n):
             j = (index + step) % n
-            img = self._open(j)
-            if img is not None:
-                return self._item(j, img)
+            opened = self._open(j)
+            if opened is not None:
+                return self._item(j, *opened)
         raise ClefError(f"none of the {n} images in this data set could be read "
                         f"(first: {self.samples[0].path or self.samples[0].id})")
 
-    def _item(self, j: int, img: Image.Image) -> dict:
-        s = self.samples[j]
+    def _item(self, j: int, s: Sample, img: Image.Image) -> dict:
         image = self.transform(img) if self.transform is not None else _to_tensor(img)
         c = self.classes_count
         if s.aus is not None:
@@ -281,15 +333,17 @@ def collate(items: list[dict]) -> dict:
 
 
 def encode_readable(encode: Callable[[torch.Tensor], torch.Tensor], samples: Sequence[Sample],
-                    transform: Callable | None, batch_size: int = 128,
-                    num_workers: int = 0) -> tuple[torch.Tensor | None, list[int], list[int]]:
+                    transform: Callable | None, batch_size: int = 128, num_workers: int = 0,
+                    decode_size: int | None = None) -> tuple[torch.Tensor | None, list[int], list[int]]:
     """Encode the readable ``samples`` in order for evaluation or inference, never substituting.
 
     ``encode`` maps a (B, 3, H, W) batch to (B, D) features. Returns ``(features, kept,
     unreadable)``: features (len(kept), D) (None when nothing was readable), ``kept`` the
     positions in ``samples`` of the feature rows, ``unreadable`` the positions left out.
+    ``decode_size``: see :class:`SampleDataset`.
     """
-    ds = SampleDataset(samples, transform, classes_count=0, task="fer", unreadable="mark")
+    ds = SampleDataset(samples, transform, classes_count=0, task="fer", unreadable="mark",
+                       decode_size=decode_size)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate)
     feats: list[torch.Tensor] = []
@@ -324,7 +378,7 @@ def cache_images(samples: list, image_size: int, budget_mb: float = 1024.0) -> l
             out.append(s)
             continue
         try:
-            img = open_image(s)
+            img = open_image(s, min_side=decode_size_for(image_size))
         except Exception:  # noqa: BLE001 - left to SampleDataset, which skips and counts it
             out.append(s)
             continue
@@ -458,6 +512,11 @@ def list_frames(directory: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -
     A missing directory gives ``{}``. When two files carry the same number the first in
     name order wins.
     """
+    return {n: Path(directory) / name for n, name in frame_names(directory, extensions).items()}
+
+
+def frame_names(directory: Path | str, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> dict[int, str]:
+    """:func:`list_frames` as file names (no ``Path`` per file: ~1 us a frame for BP4D+'s 1.5M)."""
     exts = tuple(e.lower() for e in extensions)
     try:
         with os.scandir(directory) as it:
@@ -465,11 +524,11 @@ def list_frames(directory: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -
                            if e.name.lower().endswith(exts) and not e.name.startswith("."))
     except (FileNotFoundError, NotADirectoryError):
         return {}
-    out: dict[int, Path] = {}
+    out: dict[int, str] = {}
     for name in names:
         n = frame_number(name)
         if n is not None and n not in out:
-            out[n] = Path(directory) / name
+            out[n] = name
     return out
 
 

@@ -13,6 +13,13 @@ A stage supplies a :class:`Task`: which modules train, and ``loss(batch, step_rn
 the loss and the numbers to log. Everything random in a step is a pure function of
 (seed, epoch, sample index) or (seed, global step), which is what makes ``--resume`` exact.
 
+The data path: one DataLoader per run, its workers kept across epochs (the sampler hands out
+``(epoch, index)`` keys), pinned memory and prefetching on CUDA (:func:`clefctl.distributed.loader_options`),
+per-sample seeding of ~2 us (:class:`SeededDataset`), and a note once at the start when the model
+waits for its batches (:class:`LoaderProbe`). Under torchrun the BatchNorm of the small models' stem
+becomes :class:`clefctl.distributed.SyncBatchNorm2d`, and the loss and the task's logged numbers are
+the global batch's (means over ranks).
+
 Per-step cost on small CPUs is kept down by AdamW's fused kernel (:func:`_adamw`: one pass over
 all parameters, which matters for the large token embedding), decoded images held in memory for
 small data sets (:func:`clefctl.data.records.cache_images`) and text towers run only up to the
@@ -28,15 +35,17 @@ import random
 import shlex
 import signal
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from clefctl import distributed as dist
+from clefctl.engine.data import EpochSampler, LoaderProbe, SeededDataset
 from clefctl.errors import ClefError, Interrupted
 from clefctl.model import ClefModel
 from clefctl.paths import atomic_path
@@ -122,47 +131,6 @@ def choose_amp(amp: str, device: torch.device, model: ClefModel) -> torch.dtype 
     width = getattr(model.clip.visual, "transformer", None)
     width = getattr(width, "width", 0) or 0
     return torch.bfloat16 if width >= 512 else None
-
-
-class SeededDataset(Dataset):
-    """Makes each sample's augmentation a pure function of (seed, epoch, index)."""
-
-    def __init__(self, base: Dataset, seed: int):
-        self.base, self.seed, self.epoch = base, seed, 0
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, index):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 7919 + int(index)) % (2 ** 63))
-            item = self.base[index]
-        if isinstance(item, dict) and "index" in item:  # served another sample: the requested one is unreadable
-            item = dict(item, requested=int(index) % len(self.base))
-        return item
-
-
-class EpochSampler(Sampler):
-    """Seeded permutation per epoch, whole batches only, sharded over ranks, can skip a prefix."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, skip_batches: int = 0,
-                 rank: int = 0, world: int = 1):
-        self.n, self.b, self.seed, self.epoch = n, batch_size, seed, epoch
-        self.skip, self.rank, self.world = skip_batches, rank, world
-
-    def batches_per_epoch(self) -> int:
-        return self.n // (self.b * self.world)
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(self.n, generator=g).tolist()
-        global_b = self.b * self.world
-        for k in range(self.skip, self.batches_per_epoch()):
-            chunk = perm[k * global_b:(k + 1) * global_b]
-            yield from chunk[self.rank * self.b:(self.rank + 1) * self.b]
-
-    def __len__(self):
-        return (self.batches_per_epoch() - self.skip) * self.b
 
 
 def lr_lambda(total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> Callable[[int], float]:
@@ -260,6 +228,9 @@ class Trainer:
         self.model, self.task, self.cfg, self.run, self.meta = model, task, cfg, run, dict(meta)
         self.resume_flags = resume_flags
         self.device = model.device
+        if dist.world_size() > 1:  # BatchNorm (the small models' stem) over the global batch
+            for m in task.modules().values():
+                dist.sync_batchnorm(m)
         self.params = [p for m in task.modules().values() for p in m.parameters() if p.requires_grad]
         decay = [p for p in self.params if p.ndim >= 2]
         no_decay = [p for p in self.params if p.ndim < 2]  # biases, norms, logit scale, embeddings' 1-d
@@ -323,6 +294,7 @@ class Trainer:
             self.optimizer, lr_lambda(plan.decay_steps, plan.warmup_steps, cfg.lr, cfg.min_lr))
         st = self._start(resume_from, scheduler, plan)
         seeded = SeededDataset(dataset, cfg.seed)
+        loader, sampler, probe = self._loader(seeded)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         history: list[dict] = []
         t_start = time.time()
@@ -331,10 +303,12 @@ class Trainer:
                               enabled=cfg.progress and dist.is_main(), completed=st.global_step,
                               fields=_BAR_FIELDS, loss=float("nan"), lr=0.0, speed=0.0) as bar:
                 while st.epoch < plan.total_epochs and st.global_step < plan.total_steps:
-                    history.append(self._epoch(seeded, st, plan, scheduler, bar.advance))
+                    sampler.epoch, sampler.skip = st.epoch, st.step_in_epoch
+                    history.append(self._epoch(loader, probe, st, plan, scheduler, bar.advance))
         finally:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
+            del loader  # ends its workers now rather than at garbage collection
         return FitResult(st.epoch, st.global_step, st.last_loss, time.time() - t_start,
                          self._skipped_count(st, dataset), history)
 
@@ -350,28 +324,43 @@ class Trainer:
             self.run.truncate_log(st.global_step)
         return st
 
-    def _loader(self, seeded: SeededDataset, st: _LoopState) -> DataLoader:
-        """The batches left in epoch ``st.epoch``: its seeded permutation, sharded over ranks."""
+    def _loader(self, seeded: SeededDataset) -> tuple[DataLoader, EpochSampler, LoaderProbe | None]:
+        """The run's one DataLoader (its workers live for the whole run), its sampler (set to an
+        epoch and a skipped prefix before each epoch: the seeded permutation, sharded over ranks),
+        and the probe that says once whether the loader keeps the model busy (on rank 0, when
+        workers load batches or the device is a GPU; None otherwise)."""
         from clefctl.data.records import collate
 
         cfg = self.cfg
-        seeded.epoch = st.epoch
-        sampler = EpochSampler(len(seeded), cfg.batch_size, cfg.seed, st.epoch, st.step_in_epoch,
-                               dist.rank(), dist.world_size())
-        return DataLoader(seeded, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                          num_workers=dist.worker_count("train", self.device, requested=cfg.num_workers),
-                          collate_fn=collate, pin_memory=self.device.type == "cuda")
+        sampler = EpochSampler(len(seeded), cfg.batch_size, cfg.seed, 0, 0, dist.rank(), dist.world_size())
+        opts = dist.loader_options("train", self.device, requested=cfg.num_workers)
+        loader = DataLoader(seeded, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                            collate_fn=collate, **opts)
+        workers = opts["num_workers"]
+        probe = None
+        if dist.is_main() and (workers > 0 or self.device.type == "cuda"):
+            probe = LoaderProbe(workers, cfg.batch_size, dist.usable_cpus(), dist.local_world_size())
+        return loader, sampler, probe
 
-    def _epoch(self, seeded: SeededDataset, st: _LoopState, plan: _Schedule, scheduler,
-               advance: Callable) -> dict:
+    def _epoch(self, loader: DataLoader, probe: LoaderProbe | None, st: _LoopState, plan: _Schedule,
+               scheduler, advance: Callable) -> dict:
         """The rest of epoch ``st.epoch`` (up to ``plan.total_steps``), then :meth:`_end_epoch`."""
-        loader = self._loader(seeded, st)
         t_epoch = time.time()
         for m in self.task.modules().values():
             m.train()
-        for batch in loader:
-            self._note_skipped(batch, st, len(seeded))
-            self._step(batch, st, scheduler, advance)
+        batches = iter(loader)
+        n = len(loader.dataset)
+        while True:
+            t_wait = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            waited = time.perf_counter() - t_wait
+            self._note_skipped(batch, st, n)
+            seconds = self._step(batch, st, scheduler, advance)
+            note = probe.add(waited, seconds) if probe is not None else None
+            if note:
+                warnings.warn(note, RuntimeWarning, stacklevel=2)
             if st.global_step >= plan.total_steps:
                 break
             if self._stop_signal is not None and st.step_in_epoch < plan.steps_per_epoch:
@@ -393,8 +382,9 @@ class Trainer:
             self._interrupted(st)
         return record
 
-    def _step(self, batch: dict, st: _LoopState, scheduler, advance: Callable) -> None:
-        """One optimizer step on ``batch``; a non-finite loss stops the run with ClefError."""
+    def _step(self, batch: dict, st: _LoopState, scheduler, advance: Callable) -> float:
+        """One optimizer step on ``batch`` (its seconds); a non-finite loss stops the run with ClefError.
+        The loss and the task's numbers logged are their means over ranks: the global batch's."""
         t0 = time.time()
         batch = {k: (tuple(x.to(self.device, non_blocking=True) for x in v) if isinstance(v, tuple)
                      else v.to(self.device, non_blocking=True)) for k, v in batch.items()}
@@ -402,15 +392,21 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
                             enabled=self.amp_dtype is not None):
             loss, logs = self.task.loss(batch, step_rng)
-        loss_value = float(dist.reduce_mean(loss.detach().float()))
+        values = [loss.detach().float().reshape(())] + [
+            v.detach().float().reshape(()) if torch.is_tensor(v) else torch.tensor(float(v), device=loss.device)
+            for v in logs.values()]
+        means = dist.reduce_mean(torch.stack(values)).tolist()  # one collective for all of them
+        loss_value, logs = means[0], dict(zip(logs, means[1:]))
         self._check_finite(loss_value, st)
         self._update(loss, scheduler)
         st.global_step += 1
         st.step_in_epoch += 1
-        speed = self.cfg.batch_size * dist.world_size() / max(1e-9, time.time() - t0)
+        seconds = time.time() - t0
+        speed = self.cfg.batch_size * dist.world_size() / max(1e-9, seconds)
         st.last_loss = loss_value
         st.epoch_losses.append(loss_value)
         self._log_step(st, loss_value, logs, speed, advance)
+        return seconds
 
     def _check_finite(self, loss_value: float, st: _LoopState) -> None:
         if math.isfinite(loss_value):

@@ -7,6 +7,10 @@ folder with its ``config.yaml`` and ``prompts.yaml``. It closes it the same way 
 ``status.json`` marked running / interrupted / failed around the fit, the stage's results saved,
 ``finished``, the stage's ``LATEST`` moved, every rank waiting for the others.
 
+Under ``torchrun`` rank 0 alone creates the run folder and writes its files; the other ranks are
+told its name. The stage's ``save_results`` runs on every rank, so work such as the held-out
+evaluation can be sharded over them; it writes files on rank 0 only.
+
 A stage plugs in with a :class:`Stage`: its name, how to check its options, and how to prepare a
 :class:`StagePlan`, which says what differs: the task and data set, the run's config and
 checkpoint metadata, and what to save at the end.
@@ -20,6 +24,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from torch.utils.data import Dataset
@@ -42,7 +47,8 @@ class StagePlan:
     config: dict                # a new run's config.yaml, after its "stage" and "options"
     prompts: Any                # the PromptSet saved as the run's prompts.yaml
     meta: dict                  # the checkpoint's metadata; the runner adds the run's name
-    save_results: Callable[[Run, dict, dict], None]   # (run, meta, report): model.pt and results
+    save_results: Callable[[Run, dict, dict], None]   # (run, meta, report): model.pt and results; called
+    #                                                   on every rank, writes on rank 0 (dist.is_main())
     save_files: Callable[[Run], None] | None = None   # a new run's further files (e.g. folds.json)
 
 
@@ -66,7 +72,7 @@ def run_stage(stage: Stage, opts) -> Run:
     stage.validate(opts)
     dist.setup_from_env()
     plan = stage.prepare(opts, ws)
-    run = resumed or ws.new_run(stage.name, plan.label)
+    run = _open_run(ws, stage.name, plan.label, resumed)
     if dist.is_main():
         _save_run_files(run, resumed is not None, stage.name, plan)
     meta = dict(plan.meta, run=run.name)
@@ -74,14 +80,21 @@ def run_stage(stage: Stage, opts) -> Run:
         trainer = Trainer(plan.model, plan.task, plan.opts.train, run, meta, resume_flags=_resume_flags(plan.opts))
         resume_from = trainer.last_path if resumed is not None and trainer.last_path.is_file() else None
         result = trainer.fit(plan.dataset, resume_from=resume_from)
+        report = {"epochs": result.epochs_done, "steps": result.global_step,
+                  "skipped_train_images": result.skipped_images}
+        plan.save_results(run, meta, report)
         if dist.is_main():
-            report = {"epochs": result.epochs_done, "steps": result.global_step,
-                      "skipped_train_images": result.skipped_images}
-            plan.save_results(run, meta, report)
             run.mark("finished", **report)
             ws.set_latest(run)
     dist.barrier()
     return run
+
+
+def _open_run(ws: Workspace, stage: str, label: str, resumed: Run | None) -> Run:
+    """The resumed run, or a new run folder; under torchrun rank 0's, whose path every rank gets."""
+    run = resumed if resumed is not None else (ws.new_run(stage, label) if dist.is_main() else None)
+    path = dist.broadcast_object(str(run.path) if run is not None else None)
+    return run if run is not None and str(run.path) == path else Run(Path(path), stage)
 
 
 def _save_run_files(run: Run, resumed: bool, stage: str, plan: StagePlan) -> None:

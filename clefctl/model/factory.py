@@ -195,21 +195,7 @@ def create(arch: str = "ViT-B-16", weights: str | None = None, device: str | Non
     elif Path(weights).expanduser().exists() or any(sep in str(weights) for sep in ("/", "\\")) or \
             str(weights).endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt")):
         path = Path(weights).expanduser()
-        obj, container = read_weights_file(path, trust_checkpoint=trust_checkpoint)
-        sd, meta, extras = _unwrap(obj)
-        source = _detect_source(sd, container, meta)
-        report.source, report.path, report.meta, report.extras = source, str(path), meta, extras
-        if meta:
-            ck_arch = meta.get("arch")
-            if ck_arch and ck_arch != arch:
-                if arch != "ViT-B-16":
-                    raise ClefError(f"checkpoint was trained with architecture {ck_arch}, not {arch}",
-                                    path=path, hint=f"pass --arch {ck_arch} or leave --arch out")
-                arch = ck_arch
-            quick_gelu = bool(meta.get("quick_gelu", False))
-        elif source in ("farl", "openai", "openai-torchscript") and not _arch_uses_quick_gelu(arch):
-            quick_gelu = True
-            report.notes.append(f"{source} weights were trained with QuickGELU: building {arch} with QuickGELU")
+        sd, arch, quick_gelu = read_file_weights(path, arch, report, trust_checkpoint=trust_checkpoint)
         clip, preprocess, tokenizer = _build(arch, quick_gelu, dev, seed)
         _apply_state_dict(clip, sd, arch, path, report)
         fingerprint = f"{arch}{'+quickgelu' if quick_gelu and not _arch_uses_quick_gelu(arch) else ''}" \
@@ -222,6 +208,33 @@ def create(arch: str = "ViT-B-16", weights: str | None = None, device: str | Non
         log.info("%s", note)
     clip.to(dev).eval()
     return ClefModel(clip, arch, fingerprint, preprocess, tokenizer, dev, report, quick_gelu)
+
+
+def read_file_weights(path: Path, arch: str, report: LoadReport, *, trust_checkpoint: bool = False,
+                      mmap: bool = False, uses_quick_gelu=None) -> tuple[dict, str, bool]:
+    """A weights file -> ``(state_dict, arch, quick_gelu)``, filling ``report`` (source, path,
+    metadata, extras, notes): a clefctl checkpoint's own architecture wins over the default
+    ``ViT-B-16`` (another explicit ``arch`` is an error), FaRL and OpenAI weights switch QuickGELU
+    on. ``mmap`` maps a PyTorch zip checkpoint instead of reading it (the text-only model reads a
+    tenth of it); ``uses_quick_gelu(arch)`` defaults to open_clip's config lookup."""
+    uses_quick_gelu = uses_quick_gelu or _arch_uses_quick_gelu
+    obj, container = read_weights_file(path, trust_checkpoint=trust_checkpoint, mmap=mmap)
+    sd, meta, extras = _unwrap(obj)
+    source = _detect_source(sd, container, meta)
+    report.source, report.path, report.meta, report.extras = source, str(path), meta, extras
+    quick_gelu = False
+    if meta:
+        ck_arch = meta.get("arch")
+        if ck_arch and ck_arch != arch:
+            if arch != "ViT-B-16":
+                raise ClefError(f"checkpoint was trained with architecture {ck_arch}, not {arch}",
+                                path=path, hint=f"pass --arch {ck_arch} or leave --arch out")
+            arch = ck_arch
+        quick_gelu = bool(meta.get("quick_gelu", False))
+    elif source in ("farl", "openai", "openai-torchscript") and not uses_quick_gelu(arch):
+        quick_gelu = True
+        report.notes.append(f"{source} weights were trained with QuickGELU: building {arch} with QuickGELU")
+    return sd, arch, quick_gelu
 
 
 def _load_pretrained_tag(arch: str, tag: str, cache_dir: str | None):

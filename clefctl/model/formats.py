@@ -52,6 +52,42 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+DIGEST_CACHE = "weights-digests.json"   # in cache_dir(): sha256 of weights files already hashed
+
+
+def sha256_file_cached(path: str | Path) -> str:
+    """:func:`sha256_file`, remembered in ``<cache_dir>/weights-digests.json`` by the file's real
+    path, size, inode and modification time (ns): a rewritten file is hashed again. For model
+    fingerprints on a hot path (a ViT-B-16 checkpoint takes about a second to hash); downloads
+    are verified with :func:`sha256_file` itself."""
+    import json
+    import os
+
+    from clefctl.paths import cache_dir, write_json_atomic
+
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    stamp = [st.st_size, st.st_ino, st.st_mtime_ns]
+    cache_file = cache_dir() / DIGEST_CACHE
+    try:
+        known = json.loads(cache_file.read_text(encoding="utf-8"))
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    hit = known.get(real)
+    if isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("sha256"), str):
+        return hit["sha256"]
+    digest = sha256_file(real)
+    known = {k: v for k, v in known.items() if k != real and os.path.exists(k)}
+    known[real] = {"stamp": stamp, "sha256": digest}
+    try:
+        write_json_atomic(cache_file, dict(list(known.items())[-256:]))
+    except OSError:  # a read-only cache folder: hash again next time
+        pass
+    return digest
+
+
 def _is_safetensors(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(9)
@@ -101,7 +137,7 @@ def _refuse_untrusted(path: Path, what: str, hint: str) -> ClefError:
                      hint=f"{hint}; only if you trust where this file came from, pass --trust-checkpoint")
 
 
-def read_weights_file(path: str | Path, trust_checkpoint: bool = False) -> tuple[Any, str]:
+def read_weights_file(path: str | Path, trust_checkpoint: bool = False, mmap: bool = False) -> tuple[Any, str]:
     """Load a weights file by content. Returns (object, container) with container in
     ``safetensors | torchscript | pickle``.
 
@@ -110,6 +146,7 @@ def read_weights_file(path: str | Path, trust_checkpoint: bool = False) -> tuple
     ``trust_checkpoint`` is set by the caller's own command line: pickles holding Python objects
     and TorchScript archives (their ``code/`` is compiled and run by ``torch.jit.load``).
     Files that are none of these formats, or are cut short, get a :class:`ClefError` naming the file.
+    ``mmap`` maps a PyTorch zip checkpoint (tensors are read when touched); others are read.
     """
     path = Path(path)
     if not path.is_file():
@@ -145,7 +182,8 @@ def read_weights_file(path: str | Path, trust_checkpoint: bool = False) -> tuple
                         f"TorchScript archive (it starts with {head!r})", path=path,
                         hint="give a .pt/.pth/.safetensors file, an open_clip pretrained tag, or 'random'")
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True), "pickle"
+        mapped = mmap and zipfile.is_zipfile(path)  # torch maps only the zip format
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mapped), "pickle"
     except Exception as exc:  # noqa: BLE001 - pickle internals raise KeyError/IndexError on garbage
         refused = _needs_code(exc)
         if refused is None:

@@ -7,8 +7,9 @@
 * :mod:`clefctl.store._hdf5`: crash recovery, the writer lock, fencing, durable commits;
 * :mod:`clefctl.store.embed`: :func:`embed_into_store` (resumable, kill-safe, sharded under
   torchrun and merged by :func:`merge_parts`) and :func:`run_embed` (``clefctl embed``);
-* :mod:`clefctl.store.index`: the derived FAISS index (:func:`load_index` / :func:`build_index`,
-  ``<store>.faiss`` and ``<store>.faiss.json`` beside the file).
+* :mod:`clefctl.store.index`: the derived FAISS index, chosen for text queries within a memory
+  budget (:func:`load_index` / :func:`build_index` / :func:`index_for_query`, ``<store>.faiss`` and
+  ``<store>.faiss.json`` beside the file).
 
 Importing this package does not import torch or faiss.
 
@@ -26,8 +27,9 @@ from clefctl.store._hdf5 import WriterLock, clear_status_flags, lookup3
 from clefctl.store.embed import (STORE_NAME, EmbedOptions, EmbedReport, EmbedResult, embed_into_store,
                                  embed_run_dir, merge_parts, part_path, run_embed, shard_range)
 from clefctl.store.format import STORE_SUFFIX, EmbeddingStore, store_filename
-from clefctl.store.index import (INDEX_KINDS, IndexParams, StoreIndex, build_index, default_nlist,
-                                 default_nprobe, index_paths, index_status, load_index, resolve_index_kind)
+from clefctl.store.index import (INDEX_KINDS, ExactIndex, IndexParams, StoreIndex, build_index, default_nlist,
+                                 default_nprobe, index_for_query, index_paths, index_status, load_index,
+                                 resolve_index_kind)
 from clefctl.store.layout import SCHEMA_VERSION, STRING_COLUMNS, Columns
 
 __all__ = [
@@ -35,5 +37,5 @@ __all__ = [
     "WriterLock", "clear_status_flags", "lookup3", "store_filename", "embed_into_store", "EmbedReport",
     "merge_parts", "shard_range", "part_path", "EmbedOptions", "EmbedResult", "run_embed", "embed_run_dir",
     "INDEX_KINDS", "IndexParams", "StoreIndex", "build_index", "load_index", "index_status", "index_paths",
-    "resolve_index_kind", "default_nlist", "default_nprobe",
+    "resolve_index_kind", "default_nlist", "default_nprobe", "index_for_query", "ExactIndex",
 ]

@@ -109,10 +109,11 @@ def _check_unique_ids(samples: Sequence) -> None:
 
 
 def shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
-    """Rank ``rank``'s contiguous share ``[start, stop)`` of ``n`` items (sizes differ by <= 1)."""
-    base, extra = divmod(n, world)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
+    """:func:`clefctl.distributed.shard_range` (the one contiguous-shard rule), still importable from
+    here; imported when called, so that ``import clefctl.store`` does not import torch."""
+    from clefctl.distributed import shard_range as rule
+
+    return rule(n, rank, world)
 
 
 def part_path(store_path: str | os.PathLike, rank: int, world: int) -> Path:
@@ -193,8 +194,9 @@ def _embed_sharded(model, samples: list, store_path: Path, *, progress: bool, ov
             Path(str(p) + ".lock").unlink(missing_ok=True)
         log.info("merged %d part files in %.1f s", world, time.perf_counter() - t0)
     distributed.barrier()
-    report = _report_of(store_path, part_report.embedded_now, base_consumed,
-                        part_report.seconds, part_report.inference_dtype)
+    done = distributed.all_gather_object((part_report.embedded_now, part_report.seconds))  # every rank's part
+    report = _report_of(store_path, sum(d[0] for d in done), base_consumed,
+                        max(d[1] for d in done), part_report.inference_dtype)
     report.parts = [str(p) for p in parts]
     return report
 
@@ -483,6 +485,9 @@ class EmbedOptions:
     overwrite: bool = False
     workspace: str | None = None
     progress: bool = True
+    paths: tuple[str, ...] = ()         # photos, videos, folders, globs: one row per face (store/media.py)
+    every: int = 1                      # paths: keep every N-th video frame
+    max_frames: int | None = None       # paths: at most this many frames per video
 
 
 @dataclass
@@ -541,11 +546,16 @@ def run_embed(opts: EmbedOptions) -> EmbedResult:
     load the data set (default: the latest fine-tuning run's) and split, resolve the model
     (:meth:`Workspace.resolve_model`), embed into the run's store (resuming it), build the index,
     and (without ``opts.out``) write the run's ``config.yaml`` and ``report.json`` and point
-    ``embed/LATEST`` at it. Returns an :class:`EmbedResult`."""
+    ``embed/LATEST`` at it. Returns an :class:`EmbedResult`. With ``opts.paths`` (photos and
+    videos) it is :func:`clefctl.store.media.run_embed_media`."""
+    if opts.paths:
+        from clefctl.store.media import run_embed_media
+
+        return run_embed_media(opts)
     from clefctl import distributed
     from clefctl.data import load_dataset
     from clefctl.paths import write_json_atomic
-    from clefctl.store.index import load_index
+    from clefctl.store.index.run import index_after_embed
     from clefctl.workspace import Run, Workspace
 
     distributed.setup_from_env()
@@ -567,9 +577,8 @@ def run_embed(opts: EmbedOptions) -> EmbedResult:
                               num_workers=opts.workers, overwrite=opts.overwrite)
     summary, run, main = report.to_dict(), None, distributed.is_main()
     if main:
-        if opts.index != "none" and report.rows:
-            idx = load_index(store_path, opts.index)
-            summary["index"] = {"kind": idx.kind, "rows": idx.ntotal, "params": idx.meta.get("params", {})}
+        if opts.index != "none" and report.rows:  # tuned on the data set's prompt texts, encoded by this model
+            summary["index"] = index_after_embed(store_path, opts.index, model, bundle.prompts, progress=opts.progress)
         if opts.out is None:
             run = Run(run_dir, "embed")
             run.save_config({"dataset": dataset, "dataset_root": dataset_root, "data_root": data_root,

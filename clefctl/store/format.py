@@ -33,8 +33,8 @@ from clefctl.errors import ClefError
 from clefctl.paths import atomic_path
 from clefctl.store._hdf5 import (WriterLock, fence, first_line, fsync_h5, h5py_module, open_reader,
                                  open_writer_h5, write_error)
-from clefctl.store.layout import (DTYPES, STRING_COLUMNS, Columns, check_schema, grow, normalise, read_rows,
-                                  read_strings, read_strings_at, write_skeleton, write_strings)
+from clefctl.store.layout import (DTYPES, MEDIA_COLUMNS, STRING_COLUMNS, Columns, check_schema, grow, normalise,
+                                  read_rows, read_strings, read_strings_at, write_skeleton, write_strings)
 from clefctl.store.textcache import TextCache
 
 log = logging.getLogger("clefctl.store")
@@ -348,7 +348,9 @@ class EmbeddingStore(TextCache):
     def metadata(self, rows=None):
         """A pandas DataFrame, one row per store row: row, id, path (resolved as
         :meth:`resolve_path` does), subject, activity, frame, split, label (+ label_name) or one
-        column per AU (1/0, NaN when not coded), box_x/y/w/h."""
+        column per AU (1/0, NaN when not coded), box_x/y/w/h, and the face columns of photos and
+        videos: source (the file the row came from: its path), timestamp (seconds, NaN = none) and
+        face_id (-1 = none; stores older than these columns read as none)."""
         import pandas as pd
 
         idx = self._rows(rows)
@@ -373,6 +375,9 @@ class EmbeddingStore(TextCache):
         box = read_rows(g["box"], idx)
         for j, name in enumerate(("box_x", "box_y", "box_w", "box_h")):
             data[name] = box[:, j]
+        data["source"] = data["path"]
+        for name, (kind, none) in MEDIA_COLUMNS.items():
+            data[name] = read_rows(g[name], idx) if name in g else np.full(idx.size, none, dtype=kind)
         return pd.DataFrame(data)
 
     def checksum(self) -> str:
@@ -451,6 +456,7 @@ class EmbeddingStore(TextCache):
                 end = n0 + k
                 columns = [("embedding", cols.embedding.astype(self.dtype, copy=False)),
                            ("frame", cols.frame), ("label", cols.label), ("box", cols.box)]
+                columns += [(name, cols.media(name)) for name in MEDIA_COLUMNS if name in self._h5["images"]]
                 if "aus" in self._h5["images"]:
                     n_cls = self._ds("images/aus").shape[1]
                     for name, arr in (("aus", cols.aus), ("au_mask", cols.au_mask)):

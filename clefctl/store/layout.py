@@ -23,6 +23,9 @@ CHUNK_BYTES = 1 << 20          # target size of one embedding chunk (HDF5 reads 
 META_CHUNK_ROWS = 4096         # chunk rows of the small per-row columns
 BLOB_CHUNK = 1 << 16           # chunk bytes of the UTF-8 string blobs
 STRING_COLUMNS = ("id", "path", "subject", "activity", "split")
+# per-row columns of faces found in photos and videos (embed PATH...); stores made before they
+# existed lack them and read as "none" (timestamp NaN, face_id -1)
+MEDIA_COLUMNS = {"timestamp": (np.float64, np.nan), "face_id": (np.int32, -1)}
 
 
 def grow(ds, rows: int) -> None:
@@ -98,6 +101,8 @@ def _fill_skeleton(f, fingerprint: str, dim: int, image_set: str, dtype: str, ta
     g.create_dataset("label", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(META_CHUNK_ROWS,))
     g.create_dataset("box", shape=(0, 4), maxshape=(None, 4), dtype=np.int32,
                      chunks=(META_CHUNK_ROWS, 4))
+    for name, (kind, _) in MEDIA_COLUMNS.items():
+        g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=kind, chunks=(META_CHUNK_ROWS,))
     if task == "au" and classes:
         c = len(classes)
         for name in ("aus", "au_mask"):
@@ -195,6 +200,14 @@ class Columns:
     box: np.ndarray                             # (k, 4) int32, -1 = none
     aus: np.ndarray | None = None               # (k, C) uint8
     au_mask: np.ndarray | None = None           # (k, C) uint8
+    timestamp: np.ndarray | None = None         # (k,) float64 seconds into a video, NaN = none
+    face_id: np.ndarray | None = None           # (k,) int32 face id within its source, -1 = none
+
+    def media(self, name: str) -> np.ndarray:
+        """The ``timestamp`` or ``face_id`` column, filled with "none" when not given."""
+        value = getattr(self, name)
+        kind, none = MEDIA_COLUMNS[name]
+        return np.full(len(self), none, dtype=kind) if value is None else np.asarray(value, dtype=kind)
 
     def __len__(self) -> int:
         return int(self.embedding.shape[0])
@@ -243,4 +256,6 @@ class Columns:
                    frame=images["frame"][start:stop], label=images["label"][start:stop],
                    box=images["box"][start:stop],
                    aus=images["aus"][start:stop] if "aus" in images else None,
-                   au_mask=images["au_mask"][start:stop] if "au_mask" in images else None)
+                   au_mask=images["au_mask"][start:stop] if "au_mask" in images else None,
+                   timestamp=images["timestamp"][start:stop] if "timestamp" in images else None,
+                   face_id=images["face_id"][start:stop] if "face_id" in images else None)

@@ -1,6 +1,7 @@
-"""The store's text-embedding cache: ``/text/<key>`` groups of text embeddings keyed by
+"""The store's text-embedding caches: ``/text/<key>`` groups of text embeddings keyed by
 (prompt-set hash, text-encoder fingerprint, texts), written only when no other process has the
-file open. Part of :class:`clefctl.store.EmbeddingStore` (a mixin)."""
+file open (part of :class:`clefctl.store.EmbeddingStore`, a mixin), and the query texts'
+embeddings in a small file beside the store (:class:`QueryTextCache`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import json
 import logging
 import shutil
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -114,3 +116,81 @@ class TextCache:
 
     def text_cache_keys(self) -> list[str]:
         return sorted(self._h5["text"].keys()) if "text" in self._h5 else []
+
+
+# ----------------------------------------------------------------------------------------------
+# query texts: one small file beside the store
+# ----------------------------------------------------------------------------------------------
+
+QUERY_CACHE_LIMIT = 4096       # query texts kept per store (the most recent)
+
+
+def query_cache_path(store_path) -> Path:
+    """``<store>.queries.npz``: the query texts' embeddings (see :class:`QueryTextCache`)."""
+    return Path(f"{store_path}.queries.npz")
+
+
+class QueryTextCache:
+    """The embeddings of texts queried on one store, by the store's model (``fingerprint``).
+
+    Kept beside the store in ``<store>.queries.npz`` (arrays ``texts``, ``embedding`` float32,
+    ``fingerprint``; no pickles), rewritten whole (atomically, under ``<file>.lock``) with the
+    newest :data:`QUERY_CACHE_LIMIT` texts when new ones are added. A text query found here needs
+    no model at all: ``clefctl query`` then imports neither torch nor open_clip. A file written
+    for another fingerprint is ignored; one that cannot be written (a read-only folder) is skipped.
+    """
+
+    def __init__(self, store_path, fingerprint: str):
+        self.path = query_cache_path(store_path)
+        self.fingerprint = str(fingerprint)
+
+    def _read(self) -> tuple[list[str], np.ndarray | None]:
+        try:
+            with np.load(self.path, allow_pickle=False) as z:
+                if str(z["fingerprint"]) != self.fingerprint:
+                    return [], None
+                return [str(t) for t in z["texts"]], np.asarray(z["embedding"], dtype=np.float32)
+        except (OSError, KeyError, ValueError):
+            return [], None
+
+    def lookup(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """``{text: (D,) float32}`` for the ``texts`` that are cached."""
+        known, emb = self._read()
+        if emb is None:
+            return {}
+        where = {t: i for i, t in enumerate(known)}
+        return {t: emb[where[t]] for t in texts if t in where}
+
+    def vectors(self) -> np.ndarray | None:
+        """Every cached query-text embedding (for tuning the index), or None."""
+        return self._read()[1]
+
+    def add(self, texts: Sequence[str], embeddings: np.ndarray) -> bool:
+        """Remember ``texts`` -> ``embeddings`` (T, D); True when the file was written."""
+        from clefctl.paths import FileLock, atomic_path
+
+        emb = np.asarray(embeddings, dtype=np.float32)
+        lock = FileLock(f"{self.path}.lock")
+        try:
+            if not lock.try_acquire():
+                return False
+        except OSError:
+            return False
+        try:
+            known, old = self._read()
+            merged = {t: old[i] for i, t in enumerate(known)} if old is not None else {}
+            for t, v in zip(texts, emb):
+                merged.pop(t, None)
+                merged[t] = v
+            items = list(merged.items())[-QUERY_CACHE_LIMIT:]
+            with atomic_path(self.path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, texts=np.array([t for t, _ in items], dtype=str),
+                             embedding=np.stack([v for _, v in items]).astype(np.float32),
+                             fingerprint=np.array(self.fingerprint))
+            return True
+        except OSError as exc:
+            log.debug("query texts not cached in %s: %s", self.path, exc)
+            return False
+        finally:
+            lock.release()

@@ -22,8 +22,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from clefctl.errors import ClefError
 
 HF_PREFIX = "hf-hub:"
@@ -221,6 +219,8 @@ def apply_preprocess(clip, preprocess, preprocess_cfg: dict):
 
 def encode_extras(extras: dict) -> dict:
     """Checkpoint extras as JSON: tensors as ``{"dtype", "shape", "data"}``, other values as they are."""
+    import torch  # here, not at the top: the model resolver imports this module on every path
+
     out = {}
     for k, v in extras.items():
         if isinstance(v, torch.Tensor):
@@ -234,6 +234,8 @@ def encode_extras(extras: dict) -> dict:
 
 
 def decode_extras(doc: dict, path: Path) -> dict:
+    import torch
+
     out = {}
     for k, v in doc.items():
         if isinstance(v, dict) and {"dtype", "shape", "data"} <= set(v):

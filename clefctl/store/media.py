@@ -1,0 +1,206 @@
+"""Embedding photos and videos (``clefctl embed PATH...``): one store row per face per image or
+sampled frame, from the face pipeline :func:`clefctl.data.faces.iter_faces` (the one ``predict``
+uses), with ``path`` (the source file), ``frame`` (1-based; 1 for a photo), ``timestamp``
+(seconds; 0 for a photo), ``face_id`` (stable within a source) and the face ``box``.
+
+Resuming: rows are committed in chunks of ``chunk_size`` faces, always after a whole frame. A
+rerun of the same inputs opens the same store and continues with the source of the last
+committed row, replaying it from its start (face ids depend on the whole video) and writing only
+the frames after the last committed one. Unreadable sources are skipped and their paths kept as
+the store's skipped ids. Runs in one process (under torchrun, launch one process).
+
+Example::
+
+    >>> res = run_embed(EmbedOptions(paths=("talks/",), every=5, weights="random",
+    ...                              arch="clef-tiny"))                             # doctest: +SKIP
+    >>> res.summary["faces"], res.store_path                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from clefctl.errors import ClefError
+from clefctl.store.embed import STORE_NAME, EmbedReport, EmbedResult, _check_compatible, embed_run_dir
+from clefctl.store.format import EmbeddingStore
+from clefctl.store.layout import STRING_COLUMNS, Columns, normalise
+
+
+def media_image_set(files, every: int, max_frames: int | None) -> str:
+    """The image-set name of a list of photos and videos sampled so: ``media-`` and 12 hex digits
+    of a hash of the absolute paths in order, ``every`` and ``max_frames`` (the same inputs give
+    the same store, so a rerun resumes it)."""
+    key = json.dumps({"files": [os.path.abspath(f) for f in files], "every": every, "max_frames": max_frames})
+    return "media-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+
+
+def _names(files) -> dict[str, str]:
+    """Each file's name in row ids: its path relative to the folder holding all the inputs."""
+    absolute = [os.path.abspath(f) for f in files]
+    root = os.path.commonpath([os.path.dirname(a) for a in absolute]) if absolute else ""
+    return {a: os.path.relpath(a, root) for a in absolute}
+
+
+def _resume_point(store: EmbeddingStore, files: list[str]) -> tuple[int, int]:
+    """(index of the first source to process, last committed frame of that source or 0)."""
+    if store.count == 0:
+        done = set(store.skipped_ids)
+        k = 0
+        while k < len(files) and files[k] in done:
+            k += 1
+        return k, 0
+    last = store.metadata([store.count - 1]).iloc[0]
+    source, frame = str(last["path"]), int(last["frame"])
+    if source not in files:
+        raise ClefError("the store holds faces of a file that is not among the inputs given (resuming needs "
+                        "the same inputs in the same order)", path=store.path,
+                        hint="give the same inputs, another --out, or --overwrite")
+    return files.index(source), frame
+
+
+def _open(model, store_path: Path, image_set: str, dtype: str, overwrite: bool, meta: dict) -> EmbeddingStore:
+    if store_path.exists() and not overwrite:
+        store = EmbeddingStore.open(store_path, mode="a")
+        try:
+            _check_compatible(store, model, image_set, "", [], dtype)
+        except BaseException:
+            store.close()
+            raise
+        return store
+    return EmbeddingStore.create(store_path, model.fingerprint, model.embed_dim, image_set, dtype,
+                                 overwrite=overwrite, extra_attrs={"media": meta})
+
+
+class _Rows:
+    """Face rows waiting to be committed (one chunk)."""
+
+    def __init__(self, names: dict[str, str]):
+        self.names = names
+        self.clear()
+
+    def clear(self) -> None:
+        self.emb, self.ids, self.paths, self.subjects = [], [], [], []
+        self.frames, self.stamps, self.face_ids, self.boxes, self.skipped = [], [], [], [], []
+
+    def add(self, ff) -> None:
+        src = os.path.abspath(ff.source)
+        name = self.names.get(src, os.path.basename(src))
+        for f in ff.faces:
+            self.emb.append(f.features[0])
+            self.ids.append(f"{name}@{ff.frame}#{f.face_id}" if ff.video else f"{name}#{f.face_id}")
+            self.paths.append(src)
+            self.subjects.append(f"{name}#{f.face_id}")
+            self.frames.append(ff.frame)
+            self.stamps.append(ff.timestamp)
+            self.face_ids.append(f.face_id)
+            self.boxes.append(f.box)
+
+    def columns(self, dim: int) -> Columns:
+        k = len(self.ids)
+        strings = {c: [""] * k for c in STRING_COLUMNS}
+        strings.update(id=self.ids, path=self.paths, subject=self.subjects)
+        emb = normalise(np.stack(self.emb)) if k else np.zeros((0, dim), np.float32)
+        return Columns(emb, strings, np.asarray(self.frames, np.int64), np.full(k, -1, np.int32),
+                       np.asarray(self.boxes, np.int32).reshape(k, 4), timestamp=np.asarray(self.stamps, np.float64),
+                       face_id=np.asarray(self.face_ids, np.int32))
+
+
+def embed_media_into_store(model, inputs, store_path: str | os.PathLike, *, every: int = 1,
+                           max_frames: int | None = None, batch_size: int = 64, chunk_size: int = 1024,
+                           dtype: str = "float16", inference: str = "auto", progress: bool = True,
+                           overwrite: bool = False, image_set: str | None = None) -> tuple[EmbedReport, dict]:
+    """Embed every face of the photos and videos ``inputs`` (files, folders, globs) into the store
+    at ``store_path``, resuming it (see the module docstring). Returns the :class:`EmbedReport` and
+    the pipeline's counts (``frames``, ``faces``, ``no_face_frames``, ``sources``, ``fps``)."""
+    from clefctl.data.faces import PipelineStats, expand_inputs, is_video, iter_faces, model_encoder
+    from clefctl.data.faces.video import video_frame_estimate
+    from clefctl.model.inference import inference_dtype
+    from clefctl.ui import progress_bar
+
+    if batch_size < 1 or chunk_size < 1:
+        raise ClefError("batch size and chunk size must be at least 1")
+    files = [os.path.abspath(p) for p in expand_inputs(inputs)]
+    image_set = image_set or media_image_set(files, every, max_frames)
+    store_path = Path(store_path)
+    t0 = time.perf_counter()
+    store = _open(model, store_path, image_set, dtype, overwrite,
+                  {"sources": len(files), "every": every, "max_frames": max_frames})
+    stats = PipelineStats()
+    resumed_from, rows, skipped_before = store.count, _Rows(_names(files)), set(store.skipped_ids)
+    try:
+        start, last_frame = (len(files), 0) if store.complete else _resume_point(store, files)
+        todo = files[start:]
+        total = sum(video_frame_estimate(p, every, max_frames) if is_video(p) else 1 for p in todo) if progress else 0
+        with progress_bar(f"embed {store_path.name}", total=total or None, enabled=progress and bool(todo)) as bar:
+            if todo:
+                for ff in iter_faces(todo, every=every, max_frames=max_frames, size=model.image_size,
+                                     encoders=[model_encoder(model, inference)], batch_size=batch_size, stats=stats):
+                    bar.advance()
+                    if ff.unreadable:
+                        if os.path.abspath(ff.source) not in skipped_before:
+                            rows.skipped.append(os.path.abspath(ff.source))
+                    elif not (os.path.abspath(ff.source) == files[start] and ff.frame <= last_frame):
+                        rows.add(ff)
+                    if len(rows.ids) >= chunk_size:
+                        store.append_columns(rows.columns(store.dim), rows.skipped)
+                        rows.clear()
+            store.append_columns(rows.columns(store.dim), rows.skipped)
+        store.mark_complete()
+        seconds = time.perf_counter() - t0
+        now = store.count - resumed_from
+        report = EmbedReport(str(store_path), store.count, store.skipped_count, now, resumed_from, store.complete,
+                             seconds, now / seconds if seconds > 0 else 0.0, store.skipped_ids,
+                             str(inference_dtype(model.device, inference)).replace("torch.", ""))
+    finally:
+        store.close()
+    counts = {"sources": len(files), "frames": stats.frames, "faces": stats.faces,
+              "no_face_frames": stats.no_face_frames,
+              "fps": round(stats.frames / seconds, 2) if seconds > 0 and stats.frames else None}
+    return report, counts
+
+
+def run_embed_media(opts) -> EmbedResult:
+    """``clefctl embed PATH...``: resolve the model, embed the faces of ``opts.paths`` into the run
+    folder's store (``<workspace>/embed/media-<hash>--<model>/store.h5``, or ``opts.out``), build
+    the index, write ``config.yaml`` and ``report.json`` and point ``embed/LATEST`` at the run."""
+    from clefctl import distributed
+    from clefctl.data.faces import expand_inputs
+    from clefctl.paths import write_json_atomic
+    from clefctl.store.index import load_index
+    from clefctl.workspace import Run, Workspace
+
+    if distributed.world_size() > 1:
+        raise ClefError("embed PATH... runs in one process", hint="start it without torchrun")
+    if opts.dataset is not None:
+        raise ClefError("give either --dataset or PATH... (photos, videos, folders), not both")
+    ws = Workspace(opts.workspace)
+    files = [os.path.abspath(p) for p in expand_inputs(list(opts.paths))]
+    image_set = media_image_set(files, opts.every, opts.max_frames)
+    choice = ws.resolve_model(opts.weights, arch=opts.arch,
+                              hint="pass --weights model.pt (or --weights random for an untrained model)")
+    model = choice.load(opts.device, trust_checkpoint=opts.trust_checkpoint, default_arch=opts.arch)
+    run_dir = embed_run_dir(ws, model.fingerprint, image_set) if opts.out is None else Path(opts.out).parent
+    store_path = run_dir / STORE_NAME if opts.out is None else Path(opts.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report, counts = embed_media_into_store(model, files, store_path, every=opts.every, max_frames=opts.max_frames,
+                                            batch_size=opts.batch_size, chunk_size=opts.chunk_size, dtype=opts.dtype,
+                                            progress=opts.progress, overwrite=opts.overwrite, image_set=image_set)
+    summary, run = {**report.to_dict(), **counts}, None
+    if opts.index != "none" and report.rows:
+        idx = load_index(store_path, opts.index)
+        summary["index"] = {"kind": idx.kind, "rows": idx.ntotal, "params": idx.meta.get("params", {})}
+    if opts.out is None:
+        run = Run(run_dir, "embed")
+        run.save_config({"inputs": files, "every": opts.every, "max_frames": opts.max_frames, "image_set": image_set,
+                         "arch": model.arch, "weights": choice.weights or "random", "fingerprint": model.fingerprint,
+                         "store": STORE_NAME, "dtype": opts.dtype, "batch_size": opts.batch_size,
+                         "chunk_size": opts.chunk_size})
+        write_json_atomic(run_dir / "report.json", summary)
+        ws.set_latest(run)
+    return EmbedResult(run, store_path, report, summary, True)
