@@ -1,0 +1,185 @@
+"""``clefctl index build`` / ``status`` as library calls, and the index build at the end of ``embed``.
+
+Both build with text-like tuning queries (:mod:`~clefctl.store.index.tuning`): the prompt texts of
+the store's data set (every name template and description) encoded by the store's model and kept
+in the store's text cache (so ``rescore`` finds them there too), plus whatever else the store has
+cached. ``index build`` loads only the model's text tower for that, and only when the store holds
+no text embeddings yet.
+
+Example::
+
+    >>> from clefctl.store.index.run import IndexBuildOptions, run_index_build
+    >>> run_index_build(IndexBuildOptions(store="runs/embed/x/store.h5", budget="600MB"))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from clefctl.errors import ClefError
+from clefctl.store.format import EmbeddingStore
+from clefctl.store.index.build import index_paths
+from clefctl.store.index.kinds import IVF_KINDS, IndexParams, parse_size, resolve_index_kind
+from clefctl.store.index.load import index_status, load_index
+from clefctl.store.index.tuning import cached_text_vectors
+
+log = logging.getLogger("clefctl.store")
+
+
+def say(line: str) -> None:
+    """One line on stderr (stdout stays for results and ``--json``)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def prompt_text_vectors(store: EmbeddingStore, model, prompts: str | None) -> np.ndarray | None:
+    """The prompt set's texts (names in every template, every description) encoded by ``model``
+    through the store's text cache; None when there is no such prompt set or no model."""
+    if model is None or not prompts:
+        return None
+    from clefctl.prompts import load_prompts
+    from clefctl.search import class_texts
+
+    try:
+        ps = load_prompts(prompts)
+    except ClefError as exc:
+        log.info("no prompt texts to tune the index with (%s)", exc)
+        return None
+    if not ps.classes:
+        return None
+    texts, _ = class_texts(ps, "ensemble")
+    return store.text_embeddings(ps.hash, model.fingerprint, texts, lambda t: model.encode_texts(t))
+
+
+def summary_of(index) -> dict:
+    """What ``embed --json`` and ``index build --json`` report about an index."""
+    meta = index.meta
+    p = meta.get("params", {})
+    tuning = p.get("tuning", {})
+    out = {"kind": index.kind, "rows": int(index.ntotal), "params": {k: v for k, v in p.items() if k != "tuning"},
+           "bytes": meta.get("bytes"), "float16_bytes": meta.get("float16_bytes"),
+           "resident_bytes": meta.get("resident_bytes"), "seconds": meta.get("seconds"),
+           "build_extra_rss_mb": meta.get("build_extra_rss_mb"), "gpus": meta.get("gpus", 0)}
+    if tuning:
+        out["recall_at_10"] = tuning.get("recall")
+        out["tuned_on"] = tuning.get("tuned_on")
+        if tuning.get("note"):
+            out["note"] = tuning["note"]
+    if meta.get("reason"):
+        out["reason"] = meta["reason"]
+    return out
+
+
+def index_after_embed(store_path, kind: str, model, prompts: str | None, *, progress: bool = True) -> dict:
+    """``embed``'s last step: the store's index, built (with the prompt texts of ``prompts``
+    encoded by the embedding ``model`` as tuning queries) unless a fresh one exists."""
+    with EmbeddingStore.open(store_path) as st:
+        fresh, _ = index_status(st, kind)
+        texts = None
+        if not fresh and _tuned(st, kind):
+            texts = prompt_text_vectors(st, model, prompts)
+            extra = cached_text_vectors(st)
+            texts = texts if extra is None else (extra if texts is None else np.concatenate([texts, extra]))
+    idx = load_index(store_path, kind, text_vectors=texts, progress=progress, announce=say if progress else None)
+    return summary_of(idx)
+
+
+def _tuned(st: EmbeddingStore, kind: str) -> bool:
+    """Whether the index of ``kind`` would be an IVF index (whose nprobe is tuned on texts)."""
+    try:
+        return resolve_index_kind(kind, st.count, st.dim) in IVF_KINDS
+    except ClefError:
+        return False
+
+
+@dataclass
+class IndexBuildOptions:
+    """``clefctl index build``'s options (see its ``--help``)."""
+
+    store: str
+    kind: str = "auto"
+    budget: str | int | None = None      # e.g. "600MB"; None: the float16 embeddings' size
+    nlist: int | None = None
+    nprobe: int | None = None            # None: tuned for target_recall on text-like queries
+    target_recall: float = 0.95
+    gpu: str = "auto"
+    rebuild: bool = False
+    config: dict | None = None           # the embed run's config.yaml (weights, arch, dataset)
+    weights: str | None = None
+    arch: str | None = None
+    trust_checkpoint: bool = False
+    prompts: str | None = None           # prompt set for tuning texts (default: the store's data set's)
+    workspace: str | None = None
+    progress: bool = True
+
+
+def _text_model(opts: IndexBuildOptions):
+    from clefctl.workspace import Workspace
+
+    cfg = opts.config or {}
+    w = opts.weights if opts.weights is not None else cfg.get("weights")
+    if w is None:
+        return None
+    a = opts.arch or cfg.get("arch") or "ViT-B-16"
+    return Workspace(opts.workspace).resolve_model(w, arch=a).load(trust_checkpoint=opts.trust_checkpoint,
+                                                                   default_arch=a, towers="text")
+
+
+def run_index_build(opts: IndexBuildOptions) -> dict:
+    """Build (or find fresh) the index of ``opts.store``; returns :func:`summary_of` plus
+    ``built`` (False: it was fresh) and ``path``."""
+    if not 0 < float(opts.target_recall) <= 1:
+        raise ClefError(f"--recall must be in (0, 1], got {opts.target_recall}")
+    params = IndexParams(nlist=opts.nlist, nprobe=opts.nprobe, target_recall=float(opts.target_recall),
+                         budget_bytes=parse_size(opts.budget), gpu=opts.gpu)
+    announce = say if opts.progress else log.info
+    with EmbeddingStore.open(opts.store) as st:
+        fresh, reason = index_status(st, opts.kind, params)
+        if fresh and not opts.rebuild and opts.budget is None:
+            from clefctl.store.index.load import _load_fresh
+
+            idx = _load_fresh(st, params)
+            if idx is not None:
+                return {**summary_of(idx), "built": False, "path": str(index_paths(st.path)[0])}
+        texts = cached_text_vectors(st)
+        tuned = _tuned(st, opts.kind)
+        if texts is None and tuned:
+            cfg = opts.config or {}
+            texts = prompt_text_vectors(st, _text_model(opts), opts.prompts or cfg.get("prompts") or cfg.get("dataset"))
+        why = "rebuild requested" if fresh else reason
+        if tuned and texts is None:
+            why += "; no text embeddings to tune nprobe with (pass --weights, or run rescore or query once)"
+        announce(f"{st.path}: building the index ({why})")
+    idx = load_index(opts.store, opts.kind, params, rebuild=True, text_vectors=texts, progress=opts.progress,
+                     announce=announce)
+    return {**summary_of(idx), "built": True, "path": str(index_paths(opts.store)[0])}
+
+
+def index_report(store_path) -> dict:
+    """``clefctl index status``: the saved index's metadata and whether it is fresh."""
+    faiss_path, meta_path = index_paths(store_path)
+    with EmbeddingStore.open(store_path) as st:
+        fresh, reason = index_status(st)
+        rows, d = st.count, st.dim
+    meta = {}
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            meta = {}
+    tuning = meta.get("params", {}).get("tuning", {})
+    return {"store": str(store_path), "rows": rows, "dim": d,
+            "index": str(faiss_path) if faiss_path.is_file() else None,
+            "fresh": fresh, "reason": reason, "kind": meta.get("kind"), "bytes": meta.get("bytes"),
+            "float16_bytes": 2 * rows * d, "nlist": meta.get("params", {}).get("nlist"),
+            "nprobe": meta.get("params", {}).get("nprobe"), "recall_at_10": tuning.get("recall"),
+            "built": meta.get("built"), "seconds": meta.get("seconds"),
+            "ivf": meta.get("kind") in IVF_KINDS}
+
+
+__all__ = ["IndexBuildOptions", "run_index_build", "index_after_embed", "index_report", "prompt_text_vectors",
+           "summary_of", "say"]
