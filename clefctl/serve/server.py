@@ -1,0 +1,153 @@
+"""``clefctl serve`` as a library call: :func:`run_serve` opens the store, warms the model and the
+index (:class:`~clefctl.serve.explorer.Explorer`), binds the socket and runs the app with uvicorn
+until Ctrl-C / SIGTERM.
+
+It binds 127.0.0.1 unless told otherwise. Any other address (a LAN address, ``0.0.0.0``) requires a
+token: the one given, or a random one, printed in the URL at start; requests without it get 401.
+
+Example::
+
+    >>> from clefctl.serve import ServeOptions, run_serve
+    >>> run_serve(ServeOptions(store="clef_runs/embed/x/store.h5", weights="model.pt"))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from clefctl.errors import ClefError
+
+
+@dataclass
+class ServeOptions:
+    """What ``clefctl serve`` takes. ``model``: an already loaded model (else ``weights``/``arch``
+    through :meth:`Workspace.resolve_model`, default the store's embed run's). ``config``: the embed
+    run's config.yaml (its ``weights`` and data set pick the model and the prompt set).
+    ``on_ready`` is called with the start record (url, host, port, token, store, rows) once the
+    socket listens, before requests are served."""
+
+    store: str | Path
+    model: object | None = None
+    config: dict = field(default_factory=dict)
+    weights: str | None = None
+    arch: str | None = None
+    trust_checkpoint: bool = False
+    prompts: str | None = None
+    mode: str = "names"
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str | None = None
+    max_upload_mb: float = 16.0
+    index: str = "auto"
+    workspace: str | None = None
+    progress: bool = True
+    on_ready: Callable[[dict], None] | None = None
+
+
+def require_server_packages() -> None:
+    """A one-line ClefError when the ``serve`` extra (Starlette, uvicorn) is not installed."""
+    import importlib.util
+
+    missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ClefError(f"clefctl serve needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                        "not installed", hint="pip install 'clefctl[serve]'")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback address (127.0.0.0/8, ::1)."""
+    if host in ("localhost", "127.0.0.1", "::1"):
+        return True
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return False
+    addrs = {info[4][0] for info in infos}
+    return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port`` (port 0: a free one), or a one-line ClefError."""
+    if not 0 <= int(port) <= 65535:
+        raise ClefError(f"port must be between 0 and 65535, not {port}")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ClefError(f"cannot resolve the host {host!r} ({exc.strerror})",
+                        hint="use an address such as 127.0.0.1 or 0.0.0.0") from None
+    family, kind, proto, _, addr = infos[0]
+    # proto IPPROTO_TCP matters: asyncio turns Nagle's algorithm off only on sockets that say TCP,
+    # and with it on, every keep-alive response after the first waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ClefError(f"cannot listen on {host}:{port} ({exc.strerror or exc})",
+                        hint="choose another --port (--port 0 picks a free one)") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _model(opts: ServeOptions):
+    if opts.model is not None:
+        return opts.model
+    from clefctl.workspace import Workspace
+
+    w = opts.weights if opts.weights is not None else opts.config.get("weights")
+    if w is None:
+        raise ClefError("the store's model is unknown (it was not written by an embed run)", path=opts.store,
+                        hint="pass --weights (and --arch) of the model that made the store")
+    a = opts.arch or opts.config.get("arch") or "ViT-B-16"
+    return Workspace(opts.workspace).resolve_model(w, arch=a).load(trust_checkpoint=opts.trust_checkpoint,
+                                                                   default_arch=a)
+
+
+def start_record(explorer, sock: socket.socket, host: str, token: str | None) -> dict:
+    """What the command prints at start: where to open the page (with the token) and what is served."""
+    port = sock.getsockname()[1]
+    shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    return {"url": url, "host": host, "port": port, "token": token, "store": str(explorer.store.path),
+            "rows": explorer.store.count, "model": explorer.store.fingerprint, "index": explorer.index.kind,
+            "prompt_set": explorer.scores.prompts.dataset if explorer.scores is not None else None}
+
+
+def run_serve(opts: ServeOptions) -> dict:
+    """Serve the explorer until interrupted; returns the start record."""
+    require_server_packages()
+    import uvicorn
+
+    from clefctl.serve.app import create_app
+    from clefctl.serve.explorer import Explorer
+
+    if opts.max_upload_mb <= 0:
+        raise ClefError(f"--max-upload-mb must be positive, not {opts.max_upload_mb}")
+    loopback = is_loopback(opts.host)
+    token = opts.token or (None if loopback else secrets.token_urlsafe(24))
+    sock = bind_socket(opts.host, opts.port)      # before the slow start: a busy port fails at once
+    try:
+        explorer = Explorer.open(opts.store, _model(opts), config=opts.config, prompts=opts.prompts,
+                                 mode=opts.mode, index=opts.index, progress=opts.progress)
+        try:
+            app = create_app(explorer, token=token, loopback_only=loopback,
+                             max_upload_bytes=int(opts.max_upload_mb * (1 << 20)))
+            record = start_record(explorer, sock, opts.host, token)
+            if opts.on_ready is not None:
+                opts.on_ready(record)
+            server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+            server.run(sockets=[sock])
+        finally:
+            explorer.close()
+    finally:
+        sock.close()
+    return record
