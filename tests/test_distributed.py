@@ -1,5 +1,7 @@
-"""clefctl.distributed: single-process identities, and a 2-process gloo DDP run whose losses
-and parameter gradients equal one process on the whole batch (Eq. 2 and Eq. 6)."""
+"""clefctl.distributed: single-process identities, the worker policy, and a 2-process gloo DDP run
+whose losses and parameter gradients equal one process on the whole batch (Eq. 2 and Eq. 6), whose
+SyncBatchNorm2d equals BatchNorm2d on the whole batch, and whose object collectives and shards
+add up."""
 
 from __future__ import annotations
 
@@ -137,9 +139,39 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
         for case in ("sharded", "replicated", "naive", "au", "fer"):
             step(case)
+        out["bn"] = _sync_bn_step(mine)
+        out["objects"] = (D.all_gather_object({"rank": rank}), D.broadcast_object(f"from {rank}"),
+                          D.shard_range(5, rank, WORLD))
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         D.cleanup()
+
+
+def _bn_problem():
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(N, 3, 5, 4, generator=g, dtype=torch.float64) * 3 + 1
+    w = torch.randn(N, 3, 5, 4, generator=g, dtype=torch.float64)
+    return x, w
+
+
+def _bn_module() -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(3).double()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.5, -0.5, 2.0]))
+        bn.bias.copy_(torch.tensor([0.1, 0.2, -0.3]))
+    return bn
+
+
+def _sync_bn_step(rows) -> dict:
+    """SyncBatchNorm2d on this rank's rows: output, input and parameter gradients, running stats."""
+    x, w = _bn_problem()
+    bn = _bn_module()
+    assert D.sync_batchnorm(nn.Sequential(bn)) == 1 and isinstance(bn, D.SyncBatchNorm2d)
+    xr = x[rows].clone().requires_grad_(True)
+    y = bn(xr)
+    (y * w[rows]).sum().backward()
+    return {"y": y.detach(), "x_grad": xr.grad, "w_grad": bn.weight.grad, "b_grad": bn.bias.grad,
+            "mean": bn.running_mean.clone(), "var": bn.running_var.clone()}
 
 
 def _free_port() -> int:
@@ -165,6 +197,25 @@ def test_ddp_two_processes_match_single_process(tmp_path):
             local = [got[case]["local"] for got in ranks]
             assert not torch.allclose(local[0], local[1])
             assert torch.allclose(torch.stack(local).mean(), want["loss"], **TOL)
+    # SyncBatchNorm2d on 2 x 4 rows = BatchNorm2d on 8: outputs, gradients, running statistics
+    x, w = _bn_problem()
+    bn = _bn_module()
+    xr = x.clone().requires_grad_(True)
+    y = bn(xr)
+    (y * w).sum().backward()
+    m = N // WORLD
+    for r, got in enumerate(ranks):
+        rows = slice(r * m, (r + 1) * m)
+        assert torch.allclose(got["bn"]["y"], y[rows].detach(), **TOL)
+        assert torch.allclose(got["bn"]["x_grad"], xr.grad[rows], **TOL)
+        for key, want in (("mean", bn.running_mean), ("var", bn.running_var)):
+            assert torch.allclose(got["bn"][key], want, **TOL), (r, key)
+        gathered, broadcast, shard = got["objects"]
+        assert gathered == [{"rank": 0}, {"rank": 1}] and broadcast == "from 0"
+        assert shard == ((0, 3) if r == 0 else (3, 5))
+    # parameter gradients: each rank holds its rows' share of the whole batch's, the shares add up to it
+    for key, want in (("w_grad", bn.weight.grad), ("b_grad", bn.bias.grad)):
+        assert torch.allclose(ranks[0]["bn"][key] + ranks[1]["bn"][key], want, **TOL), key
     # the pretraining scale log_scale is unused there: zero gradient everywhere
     assert torch.equal(ranks[0]["sharded"]["grads"]["log_scale"], torch.zeros(()).double())
     # detached gather + anchor_rows: loss right, gradient wrong (cross-rank terms missing)
@@ -190,8 +241,34 @@ def test_single_process_helpers(monkeypatch):
     assert D.scale_for_ddp(loss) is not loss and torch.equal(D.scale_for_ddp(loss), loss)
     logged = D.reduce_mean(loss)
     assert not logged.requires_grad and torch.equal(logged, loss.detach())
+    assert D.all_gather_object(3) == [3] and D.broadcast_object("a") == "a"
+    assert D.shard_range(5, 0, 1) == (0, 5)
     D.barrier()
     D.cleanup()
+
+
+def test_sync_batchnorm_is_plain_batchnorm_in_one_process():
+    bn = _bn_module()
+    ref = _bn_module()
+    D.sync_batchnorm(bn)
+    x, _ = _bn_problem()
+    assert torch.equal(bn(x), ref(x)) and torch.equal(bn.running_var, ref.running_var)
+    assert bn.state_dict().keys() == ref.state_dict().keys()
+
+
+def test_worker_policy_counts_this_ranks_share_of_the_node(monkeypatch):
+    monkeypatch.setattr(D, "usable_cpus", lambda: 64)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert D.worker_count("train", "cuda") == 32 and D.worker_count("embed", "cuda") == 32
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert D.worker_count("train", "cuda") == 7 and D.worker_count("train", "cpu") == 2
+    assert D.worker_count("embed", "cpu") == 4 and D.worker_count("train", "cuda", requested=3) == 3
+    opts = D.loader_options("train", "cuda")
+    assert opts == {"num_workers": 7, "pin_memory": True, "persistent_workers": True, "prefetch_factor": 2}
+    monkeypatch.setattr(D, "usable_cpus", lambda: 2)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert D.loader_options("train", "cpu") == {"num_workers": 0, "pin_memory": False}
+    assert D.worker_count("train", "cuda") == 1 and D.loader_options("train", "cuda")["prefetch_factor"] == 4
 
 
 def test_setup_from_env_missing_variables(monkeypatch):

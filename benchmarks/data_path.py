@@ -1,0 +1,163 @@
+"""The training data path per CPU core: how many 224 px training tensors one core makes from
+BP4D-sized frames, and how many cores a model of a given throughput needs, same run.
+
+Rows (one process, one thread: images/s per core; medians of ``--rounds`` interleaved rounds):
+
+* full frame: a 1040x1392 JPEG decoded in full + the paper's training augmentation (random
+  resized crop 0.8-1, flip, rotation 10, normalise): the path before issue 15;
+* the same through the engine's dataset wrapper (``SampleDataset`` + ``SeededDataset``: the item
+  dict and the per-sample seeding), and pre-training's two views of each frame;
+* draft: the JPEG decoded reduced in the DCT (PIL ``draft``) as long as its shorter side keeps
+  ``decode_size_for(224)`` = 448 px (what training and evaluation do now: 1/2 for these frames),
+  bare and through the wrapper;
+* crop cache: a 256x256 face crop (JPEG) + the same augmentation, bare and through the wrapper.
+  clefctl's face-crop cache (``clefctl data prepare`` for whole-frame data sets) is not built yet:
+  these crops are written by this script from the frames, as such a cache would hold them.
+
+Also the per-sample cost of the exact-resume seeding (``fork_rng`` + ``manual_seed``, what the
+engine did, against the default generator seeded and restored, what it does now) and
+``crop_cache_speedup``: images/s per core through the wrapper from the crop cache over the
+full-frame path (the issue's target: >= 4).
+
+    python benchmarks/data_path.py                      # --model-img-s 2000: an H200's ViT-B/16 bf16 step
+    python benchmarks/data_path.py --images 12 --rounds 3 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+FRAME = (1040, 1392)     # width, height of a BP4D frame
+SIZE = 224
+
+
+def write_frames(folder: Path, n: int) -> tuple[list[Path], list[Path]]:
+    """``n`` BP4D-sized JPEG frames (a face on a textured background) and their 256 px face crops."""
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    face = Image.fromarray(data.astronaut())
+    frames, crops = [], []
+    for i in range(n):
+        bg = rng.normal(110, 35, (FRAME[1] // 8, FRAME[0] // 8, 3)).clip(0, 255).astype(np.uint8)
+        frame = Image.fromarray(bg).resize(FRAME, Image.BICUBIC)
+        side = int(rng.integers(420, 560))
+        x, y = int(rng.integers(150, FRAME[0] - side - 150)), int(rng.integers(250, FRAME[1] - side - 350))
+        frame.paste(face.resize((side, side), Image.BICUBIC), (x, y))
+        frames.append(folder / f"frame_{i}.jpg")
+        frame.save(frames[-1], quality=92)
+        crops.append(folder / f"crop_{i}.jpg")
+        frame.crop((x, y, x + side, y + side)).resize((256, 256), Image.BICUBIC).save(crops[-1], quality=92)
+    return frames, crops
+
+
+def _rate(fn, n: int) -> float:
+    t0 = time.perf_counter()
+    for i in range(n):
+        fn(i)
+    return n / (time.perf_counter() - t0)
+
+
+def seeding_costs(n: int = 3000) -> dict:
+    """Microseconds a sample of the old and the new per-sample seeding around a trivial item."""
+    from clefctl.engine import SeededDataset
+
+    class Trivial(torch.utils.data.Dataset):
+        def __len__(self):
+            return n
+
+        def __getitem__(self, i):
+            return i
+
+    base, seeded = Trivial(), SeededDataset(Trivial(), seed=0)
+
+    def old(i):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seeded.item_seed(0, i))
+            base[i]
+
+    bare = _rate(lambda i: base[i], n)
+    return {"old_us": 1e6 / _rate(old, n) - 1e6 / bare,
+            "new_us": 1e6 / _rate(lambda i: seeded[(0, i)], n) - 1e6 / bare}
+
+
+def rows(frames: list[Path], crops: list[Path], per_row: int) -> dict[str, float]:
+    """One round: images/s of every row."""
+    from clefctl.data.records import Sample, SampleDataset, decode_size_for, open_image
+    from clefctl.data.transforms import TwoViews, train_transform
+    from clefctl.engine import SeededDataset
+
+    aug = train_transform(SIZE, None, None, scale=(0.8, 1.0), rotation=10)
+    decode = decode_size_for(SIZE)  # what training and evaluation decode JPEGs to: 448 px
+    full = [Sample(id=str(i), subject="", path=str(p), label=0) for i, p in enumerate(frames)]
+    cropped = [Sample(id=str(i), subject="", path=str(p), label=0) for i, p in enumerate(crops)]
+    k = len(full)
+
+    def wrapped(samples, transform=aug, decode=None):
+        ds = SeededDataset(SampleDataset(samples, transform, task="fer", decode_size=decode), seed=0)
+        return lambda i: ds[(0, i % k)]
+    return {
+        "full frame: decode + augmentation": _rate(lambda i: aug(open_image(full[i % k])), per_row),
+        "full frame through the engine's dataset wrapper": _rate(wrapped(full), per_row),
+        "full frame, pre-training's two views": _rate(wrapped(full, TwoViews(aug)), per_row),
+        "draft (reduced) decode + augmentation": _rate(lambda i: aug(open_image(full[i % k], decode)), per_row),
+        "draft through the engine's dataset wrapper": _rate(wrapped(full, decode=decode), per_row),
+        "256 px face crop: decode + augmentation": _rate(lambda i: aug(open_image(cropped[i % k])), per_row),
+        "256 px face crop through the engine's dataset wrapper": _rate(wrapped(cropped), 2 * per_row),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=12, help="Distinct frames written (and cycled through).")
+    ap.add_argument("--per-row", type=int, default=60, help="Images timed per row and round.")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--model-img-s", type=float, default=2000.0,
+                    help="Training images/s of the model to feed (default: ViT-B/16 bf16 on one H200, estimated).")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="clef-data-path-") as tmp:
+        frames, crops = write_frames(Path(tmp), args.images)
+        rounds = [rows(frames, crops, args.per_row) for _ in range(args.rounds)]
+        seeding = [seeding_costs() for _ in range(args.rounds)]
+    table = {name: statistics.median(r[name] for r in rounds) for name in rounds[0]}
+    full_wrapped = table["full frame through the engine's dataset wrapper"]
+    result = {
+        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores", "load_average": os.getloadavg(), "model_img_s": args.model_img_s,
+        "rows": [{"row": name, "images_per_s_per_core": rate, "cores_for_model": args.model_img_s / rate}
+                 for name, rate in table.items()],
+        "crop_cache_speedup": table["256 px face crop through the engine's dataset wrapper"] / full_wrapped,
+        "draft_speedup": table["draft through the engine's dataset wrapper"] / full_wrapped,
+        "seeding_us_per_sample": {k: statistics.median(s[k] for s in seeding) for k in ("old_us", "new_us")},
+        "crop_cache_note": "the 256 px crops are written by this benchmark; clefctl's face-crop cache is not built yet",
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"one core, one thread; {args.images} BP4D-sized {FRAME[0]}x{FRAME[1]} JPEG frames; medians of "
+          f"{args.rounds} rounds; load average {result['load_average'][0]:.1f}")
+    print(f"  {'to a 224 px training tensor':<56} {'img/s':>7}  cores for {args.model_img_s:.0f} img/s")
+    for r in result["rows"]:
+        print(f"  {r['row']:<56} {r['images_per_s_per_core']:7.1f}  {r['cores_for_model']:6.1f}")
+    s = result["seeding_us_per_sample"]
+    print(f"  per-sample seeding: {s['old_us']:.0f} us before (fork_rng + manual_seed), {s['new_us']:.1f} us now "
+          f"(target <= 50)")
+    print(f"  crop_cache_speedup {result['crop_cache_speedup']:.2f}x (target >= 4; crops written by this script: "
+          f"the face-crop cache is not built yet), draft_speedup {result['draft_speedup']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
