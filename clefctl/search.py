@@ -1,10 +1,9 @@
 """Search and re-scoring over an embedding store (:mod:`clefctl.store`).
 
 Owns text and image queries (:func:`query_text`, :func:`query_image`), the class a free text is
-nearest to (:func:`nearest_classes`, and the precision@k of a query's hits for it:
-:func:`nearest_with_precision`), zero-shot re-scoring of the cached image embeddings
-against an edited prompt set (:func:`rescore`, which encodes only texts: the image encoder is
-never run), and contact sheets of hits (:func:`contact_sheet_of_hits`).
+nearest to (:func:`nearest_classes`; precision@k of a query's hits: :func:`nearest_with_precision`),
+zero-shot re-scoring of the cached image embeddings against an edited prompt set (:func:`rescore`:
+only texts are encoded), and contact sheets of hits (:func:`contact_sheet_of_hits`).
 
 All scores are cosine similarities: stored image embeddings and text embeddings are unit
 vectors, so inner product = cosine. Class probabilities follow the paper's heads: softmax over

@@ -65,11 +65,8 @@ class TextCache:
     def _cache_texts(self, key, prompt_hash, text_fingerprint, texts, emb) -> bool:
         if self.mode != "r":
             return False  # an SWMR writer cannot add objects; the next reader caches it
-        lock = WriterLock(self.path)
-        try:
-            if not lock.try_acquire():
-                return False
-        except OSError:
+        lock = _try_lock(WriterLock(self.path))
+        if lock is None:
             return False
         # Not an SWMR write: a write failing half-way (a full disk) could damage the file, so
         # the cache is only written with room to spare, and a failed write is fenced.
@@ -170,11 +167,8 @@ class QueryTextCache:
         from clefctl.paths import FileLock, atomic_path
 
         emb = np.asarray(embeddings, dtype=np.float32)
-        lock = FileLock(f"{self.path}.lock")
-        try:
-            if not lock.try_acquire():
-                return False
-        except OSError:
+        lock = _try_lock(FileLock(f"{self.path}.lock"))
+        if lock is None:
             return False
         try:
             known, old = self._read()
@@ -194,3 +188,12 @@ class QueryTextCache:
             return False
         finally:
             lock.release()
+
+
+def _try_lock(lock):
+    """``lock`` when it could be taken without waiting; None when another process holds it or the
+    lock file cannot be made (a cache write is then skipped, never waited for)."""
+    try:
+        return lock if lock.try_acquire() else None
+    except OSError:
+        return None
