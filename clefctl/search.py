@@ -31,6 +31,7 @@ import numpy as np
 
 from clefctl.errors import ClefError
 from clefctl.store.format import EmbeddingStore
+from clefctl.store.layout import unit_rows
 from clefctl.store.index import IndexParams, index_for_query
 
 log = logging.getLogger(__name__)
@@ -59,15 +60,10 @@ def _open_store(store, model=None) -> tuple[EmbeddingStore, bool]:
     return EmbeddingStore.open(store, fingerprint=fingerprint), True
 
 
-def _unit(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
-
-
 def _encode(model, texts: Sequence[str]) -> np.ndarray:
     out = model.encode_texts(list(texts))
     out = out.detach().cpu().numpy() if hasattr(out, "detach") else np.asarray(out)
-    return _unit(out)
+    return unit_rows(out)
 
 
 def hits_frame(store: EmbeddingStore, scores: np.ndarray, rows: np.ndarray, query: str = ""):
@@ -113,7 +109,7 @@ def search_vectors(store, vectors: np.ndarray, k: int = 10, *, index: str = "aut
     try:
         if st.count == 0:
             raise ClefError("the store has no embeddings yet", path=st.path, hint="run `clefctl embed`")
-        vectors = _unit(np.atleast_2d(np.asarray(vectors, dtype=np.float32)))
+        vectors = unit_rows(np.atleast_2d(np.asarray(vectors, dtype=np.float32)))
         if vectors.shape[1] != st.dim:
             raise ClefError(f"query vectors are {vectors.shape[1]}-d, the store holds {st.dim}-d rows")
         idx = index_for_query(st, index, params, progress=progress)
@@ -216,7 +212,7 @@ def _encode_image_file(model, path: Path) -> np.ndarray:
         raise ClefError(f"cannot read the query image ({exc})", path=path) from None
     pixels = transforms_for(model, train=False)(img).unsqueeze(0)
     out = model.encode_images(pixels)
-    return _unit(out.detach().cpu().numpy() if hasattr(out, "detach") else np.asarray(out))
+    return unit_rows(out.detach().cpu().numpy() if hasattr(out, "detach") else np.asarray(out))
 
 
 def nearest_classes(model, prompts, text: str, k: int = 5):
@@ -292,8 +288,8 @@ def class_texts(prompts, mode: str, all_name_templates: bool = False) -> tuple[l
 
 def _class_means(emb: np.ndarray, owner: np.ndarray, n_classes: int) -> np.ndarray:
     out = np.zeros((n_classes, emb.shape[1]), dtype=np.float32)
-    np.add.at(out, owner, _unit(emb))
-    return _unit(out)
+    np.add.at(out, owner, unit_rows(emb))
+    return unit_rows(out)
 
 
 def class_text_embeddings(model, prompts, mode: str = "names", *, store: EmbeddingStore | None = None,
@@ -322,7 +318,7 @@ def class_text_embeddings(model, prompts, mode: str = "names", *, store: Embeddi
         n_names = len(prompts.templates["name"]) * c
         names = _class_means(emb[:n_names], owner_arr[:n_names], c)
         descs = _class_means(emb[n_names:], owner_arr[n_names:], c)
-        return _unit(names + descs)
+        return unit_rows(names + descs)
     return _class_means(emb, owner_arr, c)
 
 
@@ -422,7 +418,7 @@ def check_prompts_fit(store: EmbeddingStore, model, prompts) -> None:
                    f"({_few(store.classes)})")
     if problem is None:
         return
-    fits = _fitting_prompt_sets(store.task or head or "", store.classes)
+    fits = fitting_prompt_sets(store.task or head or "", store.classes)
     hint = (f"use --prompts {' or '.join(fits)}" if fits else
             f"write a prompt YAML for task {store.task or head} with classes {_few(store.classes)}")
     raise ClefError(problem, path=store.path, hint=hint)
@@ -433,7 +429,7 @@ def _few(items: Sequence[str], n: int = 6) -> str:
     return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
-def _fitting_prompt_sets(task: str, classes: Sequence[str]) -> list[str]:
+def fitting_prompt_sets(task: str, classes: Sequence[str]) -> list[str]:
     """Shipped prompt sets of ``task`` holding every one of ``classes`` (exact sets first)."""
     from clefctl.prompts import available_prompt_sets, load_prompts
 

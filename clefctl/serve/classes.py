@@ -29,7 +29,7 @@ def default_prompts(store, model, config: dict | None = None, prompts: str | Non
     set, else a shipped set holding the store's classes. None when nothing fits (no classes shown).
     """
     from clefctl.prompts import available_prompt_sets, load_prompts
-    from clefctl.search import _fitting_prompt_sets, check_prompts_fit
+    from clefctl.search import fitting_prompt_sets, check_prompts_fit
 
     if prompts:
         ps = load_prompts(prompts)
@@ -44,7 +44,7 @@ def default_prompts(store, model, config: dict | None = None, prompts: str | Non
     shipped = available_prompt_sets()
     candidates += [n for n in (meta.get("dataset"), cfg.get("dataset"), store.image_set) if n in shipped]
     if store.task in ("au", "fer"):
-        candidates += _fitting_prompt_sets(store.task, store.classes)
+        candidates += fitting_prompt_sets(store.task, store.classes)
     for name in dict.fromkeys(candidates):
         try:
             ps = load_prompts(name)

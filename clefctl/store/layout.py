@@ -34,6 +34,13 @@ def grow(ds, rows: int) -> None:
         ds.resize(rows, axis=0)
 
 
+def unit_rows(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``x`` (float32) scaled to unit length along ``axis``; zero rows stay zero (no checks: for
+    query vectors and centroids, where :func:`normalise`'s refusal would be wrong)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+
+
 def normalise(emb: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (float32); zero, NaN or infinite rows are refused."""
     emb = np.asarray(emb, dtype=np.float32)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from clefctl.store.layout import unit_rows
+
 NPROBE_LADDER = (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 TEXT_QUERIES = 128          # at most this many real text vectors
 GAP_QUERIES = 128
@@ -49,7 +51,7 @@ def cached_text_vectors(store, limit: int = 4 * TEXT_QUERIES) -> np.ndarray | No
     if not found:
         return None
     vecs = np.unique(np.concatenate(found).round(6), axis=0)[:limit]
-    return _unit(vecs)
+    return unit_rows(vecs)
 
 
 def tuning_queries(store, text_vectors: np.ndarray | None, *, seed: int = 0) -> dict:
@@ -63,13 +65,13 @@ def tuning_queries(store, text_vectors: np.ndarray | None, *, seed: int = 0) -> 
     image = sampled[len(rows) - len(image_rows):]
     out = {"text": None, "gap": None, "image": image, "image_rows": image_rows.astype(np.int64)}
     if text_vectors is not None and len(text_vectors):
-        text = _unit(np.asarray(text_vectors, dtype=np.float32))
+        text = unit_rows(np.asarray(text_vectors, dtype=np.float32))
         if len(text) > TEXT_QUERIES:
             text = text[np.sort(rng.choice(len(text), TEXT_QUERIES, replace=False))]
         out["text"] = text
         mean_rows = store.embeddings(np.sort(rng.choice(n, min(n, 4096), replace=False))).mean(0)
         gap = text.mean(0) - mean_rows
-        out["gap"] = _unit(sampled[:GAP_QUERIES] + gap)
+        out["gap"] = unit_rows(sampled[:GAP_QUERIES] + gap)
         out["gap_norm"] = float(np.linalg.norm(gap))
     return out
 
@@ -167,8 +169,3 @@ class Tuner:
         set_nprobe(nprobe)
         return {"nprobe": int(nprobe), "recall": {k: round(v, 4) for k, v in chosen[1].items()}, "sweep": sweep,
                 "tuned_on": counted, "target": target, "queries": dict(zip(self.names, self.sizes)), "note": note}
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
