@@ -53,9 +53,10 @@ def predict_scores(model: "ClefModel", samples, extras: dict, task: str, batch_s
     rank must call this. ``num_workers``: DataLoader workers decoding images (default: the one
     worker policy, :func:`clefctl.distributed.worker_count` for ``embed`` on the model's device; none
     for a share of fewer than 512 images).
-    Large JPEG frames are decoded reduced (:func:`clefctl.data.records.decode_size_for`)."""
+    Large JPEG frames are decoded reduced (:func:`clefctl.data.images.decode_size_for`)."""
     from clefctl import distributed as dist
-    from clefctl.data.records import decode_size_for, encode_readable
+    from clefctl.data.images import decode_size_for
+    from clefctl.data.records import encode_readable
     from clefctl.data.transforms import transforms_for
 
     samples = list(samples)

@@ -203,7 +203,7 @@ def query_image(store, model, image: str | os.PathLike, k: int = 10, *, index: s
 
 
 def _encode_image_file(model, path: Path) -> np.ndarray:
-    from clefctl.data.records import read_rgb
+    from clefctl.data.images import read_rgb
     from clefctl.data.transforms import transforms_for
 
     try:
@@ -510,40 +510,41 @@ def rescore(store, model, prompts, mode: str = "names", *, logit_scale: float | 
 def _thumb(row, size: int):
     from PIL import ImageOps
 
-    from clefctl.data.records import crop_to_box
-
     path = row.get("path") or ""
     if not path:
         return None, "no image file"
+    bw = row.get("box_w", -1)
+    box = None
+    if bw is not None and not (isinstance(bw, float) and np.isnan(bw)) and int(bw) > 0:
+        box = (row["box_x"], row["box_y"], row["box_w"], row["box_h"])
     try:
-        img = _hit_image(path, row.get("frame"))
+        img = _hit_image(path, row.get("frame"), box, size)
     except FileNotFoundError:
         return None, "not found"
     except (OSError, ValueError, ClefError):
         return None, "unreadable"
-    bw = row.get("box_w", -1)
-    if bw is not None and not (isinstance(bw, float) and np.isnan(bw)) and int(bw) > 0:
-        box = (row["box_x"], row["box_y"], row["box_w"], row["box_h"])
-        cropped = crop_to_box(img, box)
-        img = img if cropped is None else cropped
     return ImageOps.pad(img, (size, size), color=(30, 30, 30)), ""
 
 
-def _hit_image(path: str, frame):
-    """The image of a hit: the file, or for a video its frame (1-based) read back."""
+def _hit_image(path: str, frame, box=None, min_side: int | None = None):
+    """The face of a hit: the file (decoded reduced while the face keeps ``min_side`` pixels), or for a
+    video its frame (1-based) read back, cut to ``box`` (x, y, w, h) when given."""
     import pandas as pd
     from PIL import Image
 
     from clefctl.data.faces import is_video, read_frame
-    from clefctl.data.records import read_rgb
+    from clefctl.data.images import crop_to_box, read_cropped
 
     if not is_video(path):
-        return read_rgb(path)
+        face = read_cropped(path, box, min_side)
+        return face if face is not None else read_cropped(path, None, min_side)
     if not os.path.exists(path):
         raise FileNotFoundError(path)
     if frame is None or pd.isna(frame) or int(frame) < 1:
         raise ClefError("a video hit without a frame number", path=path)
-    return Image.fromarray(read_frame(path, int(frame)))
+    img = Image.fromarray(read_frame(path, int(frame)))
+    face = crop_to_box(img, box) if box is not None else None
+    return img if face is None else face
 
 
 def contact_sheet_of_hits(hits, out_png: str | os.PathLike, *, cols: int = 5, thumb: int = 128,

@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -55,3 +56,8 @@ def progress_bar(label: str, total: float | None = None, *, enabled: bool = True
     with progress:
         task = progress.add_task(label, total=total, completed=completed, **initial)
         yield Bar(progress, task)
+
+
+def say(line: str) -> None:
+    """One line for the person at the terminal, on stderr (stdout stays for results and ``--json``)."""
+    print(line, file=sys.stderr, flush=True)

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from clefctl.data import bp4d, index_cache, load_dataset
-from clefctl.data.records import Sample, SampleDataset, decode_size_for, open_image, read_reduced, read_rgb
+from clefctl.data.images import decode_size_for, read_cropped, read_reduced, read_rgb
+from clefctl.data.records import Sample, SampleDataset, open_image
 from clefctl.data.table import SampleTable
 from clefctl.errors import ClefError
 
@@ -181,6 +182,12 @@ def test_reduced_decoding_keeps_small_images_identical_and_crops_the_same_face(t
     whole = open_image(sample).resize(reduced.size, Image.BICUBIC)
     assert reduced.size == (120, 130)
     assert np.abs(np.asarray(reduced, np.float32) - np.asarray(whole, np.float32)).mean() < 6
+    # thumbnails (serve, contact sheets): the same face from a reduced decode, or None outside the image
+    thumb = read_cropped(big, (400, 200, 480, 520), min_side=112)
+    assert thumb.size == (120, 130) and np.array_equal(np.asarray(thumb), np.asarray(reduced))
+    assert read_cropped(big, (5000, 5000, 10, 10), 64) is None and read_cropped(big, None, 224).size == (348, 260)
+    with pytest.raises(ClefError, match="lies outside the image"):
+        open_image(Sample(id="b", subject="", path=str(big), box=(5000, 5000, 10, 10)))
 
 
 def _png(tmp_path):

@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from clefctl.data.images import crop_to_box, decode_size_for, read_cropped
 from clefctl.errors import ClefError
 
 # ------------------------------------------------------------------------------------ records
@@ -90,72 +91,6 @@ def subject_of(sample: Sample) -> str:
 # --------------------------------------------------------------------------------- images
 
 
-def read_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
-    """Decode an image file as RGB, fully (a truncated file fails here, not later).
-
-    The one image reader: raises ``OSError``/``ValueError`` (PIL's errors) for files that cannot be
-    read or decoded, for the caller to skip and count or to report. ``min_side``: a JPEG at least
-    twice that size is decoded reduced (:func:`read_reduced`); any other image is decoded in full,
-    to the same pixels as without it."""
-    return read_reduced(path, min_side)[0]
-
-
-def read_reduced(path: str | Path, min_side: int | None = None, box=None) -> tuple[Image.Image, float]:
-    """``(RGB image, scale)``: the file decoded at ``scale`` (1, 1/2, 1/4 or 1/8) of its size.
-
-    A JPEG is decoded reduced in the DCT (PIL's ``draft``: several times cheaper than decoding in
-    full and resizing) by the largest factor that keeps the shorter side of ``box`` (x, y, w, h in
-    the file's pixels; default the whole image) at least ``min_side`` pixels; other formats, and
-    JPEGs smaller than twice that, are decoded in full (``scale`` 1). Multiply a box by ``scale``
-    to cut the reduced image."""
-    with Image.open(path) as raw:
-        full_w, full_h = raw.size
-        factor = _draft_factor(full_w, full_h, min_side, box) if raw.format == "JPEG" else 1
-        if factor > 1:
-            raw.draft(None, (-(-full_w // factor), -(-full_h // factor)))
-        raw.load()
-        img = raw.convert("RGB")
-    return img, img.width / full_w
-
-
-def decode_size_for(image_size: int) -> int:
-    """The ``min_side`` a model of input ``image_size`` decodes JPEGs to: twice its input, the
-    resolution :func:`cache_images` keeps (random crops and the final resize still start from
-    more pixels than they make). Frames at least twice that (BP4D's 1040x1392 for 224 px) are
-    decoded at 1/2, 1/4 or 1/8; smaller images, such as the synthetic sets, decode in full."""
-    return 2 * int(image_size)
-
-
-def _draft_factor(width: int, height: int, min_side: int | None, box) -> int:
-    """The JPEG reduction (1, 2, 4 or 8) that keeps the shorter side of ``box`` >= ``min_side``."""
-    if not min_side or min_side <= 0:
-        return 1
-    short = min(width, height) if box is None else min(int(box[2]), int(box[3]))
-    for factor in (8, 4, 2):
-        if short >= factor * min_side:
-            return factor
-    return 1
-
-
-def clamp_box(box, width: int, height: int) -> tuple[int, int, int, int] | None:
-    """A face box (x, y, w, h) as PIL crop corners (left, top, right, bottom) clamped to a
-    ``width`` x ``height`` image; None when nothing of it lies inside."""
-    x, y, w, h = (int(v) for v in box)
-    left, top = max(0, x), max(0, y)
-    right, bottom = min(width, x + w), min(height, y + h)
-    if right <= left or bottom <= top:
-        return None
-    return left, top, right, bottom
-
-
-def crop_to_box(img: Image.Image, box) -> Image.Image | None:
-    """``img`` cut to the face box (x, y, w, h), clamped to the image; None when the box lies outside."""
-    corners = clamp_box(box, img.width, img.height)
-    if corners is None:
-        return None
-    return img if corners == (0, 0, img.width, img.height) else img.crop(corners)
-
-
 def open_image(sample: Sample, min_side: int | None = None) -> Image.Image:
     """Decode ``sample`` (file or in-memory pixels) as an RGB PIL image, cropped by its box.
 
@@ -171,22 +106,15 @@ def open_image(sample: Sample, min_side: int | None = None) -> Image.Image:
             arr = np.clip(arr, 0, 255).astype(np.uint8)
         if arr.ndim == 3 and arr.shape[2] == 1:
             arr = arr[:, :, 0]
-        img, scale = Image.fromarray(arr).convert("RGB"), 1.0
-        box = sample.box
+        img = Image.fromarray(arr).convert("RGB")
+        cropped = img if sample.box is None else crop_to_box(img, sample.box)
     elif sample.path is not None:
-        img, scale = read_reduced(sample.path, min_side, sample.box)
-        box = sample.box if sample.box is None or scale == 1 else \
-            tuple(int(round(v * scale)) for v in sample.box)
+        cropped = read_cropped(sample.path, sample.box, min_side)
     else:
         raise ClefError(f"sample {sample.id!r} has neither an image path nor pixels")
-    if box is not None:
-        cropped = crop_to_box(img, box)
-        if cropped is None:
-            raise ClefError(f"face box {sample.box} lies outside the {round(img.width / scale)}x"
-                            f"{round(img.height / scale)} "
-                            f"image of sample {sample.id!r}", path=sample.path)
-        img = cropped
-    return img
+    if cropped is None:
+        raise ClefError(f"face box {sample.box} lies outside the image of sample {sample.id!r}", path=sample.path)
+    return cropped
 
 
 def _to_tensor(img: Image.Image) -> torch.Tensor:

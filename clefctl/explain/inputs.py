@@ -107,7 +107,7 @@ class Face:
 
 
 def _read_image(path: Path):
-    from clefctl.data.records import read_rgb
+    from clefctl.data.images import read_rgb
 
     try:
         return read_rgb(path)
@@ -144,7 +144,7 @@ def load_face(image: str, model_size: int, crop: bool | None = None, store: str 
         raise ClefError("image not found", path=path, hint=hint)
     img = _read_image(path)
     if box is not None:
-        from clefctl.data.records import crop_to_box
+        from clefctl.data.images import crop_to_box
 
         face = crop_to_box(img, box)
         if face is None:

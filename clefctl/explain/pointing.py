@@ -181,7 +181,7 @@ def pointing_accuracy(model, root: str | os.PathLike, aus: Sequence[str] = POINT
     Returns ``{AU: {"hit_rate", "chance_patches", "chance", "mass", "hits", "n", "text"}}``;
     unreadable images are skipped and counted in ``"skipped"``.
     """
-    from clefctl.data.records import read_rgb
+    from clefctl.data.images import read_rgb
     from clefctl.data.synthetic import au_regions
     from clefctl.ui import progress_bar
 

@@ -263,7 +263,7 @@ async def media(request):
     from starlette.responses import Response
 
     size = thumb_size(request.query_params.get("size"))
-    face = await _run(_ex(request).face, request.path_params["row"])
+    face = await _run(_ex(request).face, request.path_params["row"], size)
     data = await _run(thumbnail_jpeg, face, size)
     return Response(data, media_type="image/jpeg", headers={"cache-control": "private, max-age=3600"})
 

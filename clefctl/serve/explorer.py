@@ -242,9 +242,10 @@ class Explorer:
             h["classes"] = {c: round(float(p), 4) for c, p in zip(sc.class_ids, sc.probabilities[r])}
         return h
 
-    def face(self, row):
-        """The row's face crop (PIL), read from the store's own sources only."""
-        return face_image(self.rows.media(self._row(row)), self.guard)
+    def face(self, row, min_side: int | None = None):
+        """The row's face crop (PIL), read from the store's own sources only (``min_side``: see
+        :func:`clefctl.serve.media.face_image`)."""
+        return face_image(self.rows.media(self._row(row)), self.guard, min_side)
 
     def source_file(self, row) -> str:
         """The resolved source file of a row (a video for the player, or the photo)."""

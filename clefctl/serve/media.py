@@ -107,18 +107,19 @@ def read_video_frame(path: str, frame: int):
         raise MediaError(exc.bare_message, 404, path=path) from None
 
 
-def face_image(media: RowMedia, guard: SourceGuard):
-    """The row's face: its image (or video frame) cut to its stored box, as a PIL RGB image."""
-    from clefctl.data.records import crop_to_box, read_rgb
+def face_image(media: RowMedia, guard: SourceGuard, min_side: int | None = None):
+    """The row's face: its image (or video frame) cut to its stored box, as a PIL RGB image; a JPEG is
+    decoded reduced as long as the face keeps ``min_side`` pixels (a thumbnail's size)."""
+    from clefctl.data.images import crop_to_box, read_cropped
 
     real = guard.check(media.file, media.row)
-    if media.video:
-        img = read_video_frame(real, media.frame or 1)
-    else:
+    if not media.video:
         try:
-            img = read_rgb(real)
+            face = read_cropped(real, media.box, min_side)
+            return face if face is not None else read_cropped(real, None, min_side)
         except (OSError, ValueError) as exc:
             raise MediaError(f"row {media.row}: cannot read the image ({exc})", 404, path=media.file) from None
+    img = read_video_frame(real, media.frame or 1)
     if media.box is not None:
         face = crop_to_box(img, media.box)
         img = img if face is None else face

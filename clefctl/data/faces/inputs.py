@@ -48,7 +48,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray | None:
         return None
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if bgr is None or bgr.size == 0:
-        from clefctl.data.records import read_rgb
+        from clefctl.data.images import read_rgb
 
         try:
             return np.asarray(read_rgb(path))

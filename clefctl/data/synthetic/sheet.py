@@ -82,7 +82,7 @@ def contact_sheet(root_or_bundle, out_png: str | os.PathLike, n: int = 24, seed:
     sets with the expression, image name and identity (classes drawn in turn, one column per
     class unless ``cols`` says otherwise; AU sets default to 6 columns).
     """
-    from clefctl.data.records import read_rgb
+    from clefctl.data.images import read_rgb
     from clefctl.plots import Tile, thumbnail_grid
 
     items, task = _sheet_items(root_or_bundle)

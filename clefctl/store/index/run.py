@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,13 +26,9 @@ from clefctl.store.index.build import index_paths
 from clefctl.store.index.kinds import IVF_KINDS, IndexParams, parse_size, resolve_index_kind
 from clefctl.store.index.load import index_status, load_index
 from clefctl.store.index.tuning import cached_text_vectors
+from clefctl.ui import say
 
 log = logging.getLogger("clefctl.store")
-
-
-def say(line: str) -> None:
-    """One line on stderr (stdout stays for results and ``--json``)."""
-    print(line, file=sys.stderr, flush=True)
 
 
 def prompt_text_vectors(store: EmbeddingStore, model, prompts: str | None) -> np.ndarray | None:
