@@ -352,10 +352,12 @@ def worker_count(purpose: str, device: torch.device | str | None = None, items: 
     (docs/scale.md has the figures). ``train`` on CPU: none on small machines, where the training
     step itself needs every core (at most 4 on large ones); ``embed`` on CPU: none on 2 cores, else
     half the share, at most 8. ``generate``: a process pool for CPU-bound file work (one process
-    for fewer than 300 items, else up to 4). ``requested`` (the user's ``--workers``) wins when given.
+    for fewer than 300 items, else up to 4). ``prepare`` (face detection, ``clefctl data prepare``):
+    every usable core, one process for fewer than 64 items. ``requested`` (the user's ``--workers``)
+    wins when given.
     """
     if requested is not None:
-        return max(0 if purpose != "generate" else 1, int(requested))
+        return max(0 if purpose not in ("generate", "prepare") else 1, int(requested))
     cpus = usable_cpus()
     share = max(1, cpus // local_world_size())
     dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -367,6 +369,8 @@ def worker_count(purpose: str, device: torch.device | str | None = None, items: 
         return 0 if share <= 2 else min(8, share // 2)
     if purpose == "generate":
         return 1 if items is not None and items < 300 else max(1, min(4, cpus))
+    if purpose == "prepare":
+        return 1 if items is not None and items < 64 else cpus
     raise ValueError(f"unknown worker purpose {purpose!r}")
 
 

@@ -38,6 +38,7 @@ class EvalResult:
 
 def _comparable(options: dict) -> dict:
     o = copy.deepcopy(options)
+    o.setdefault("crop_cache", True)  # runs from before the face-crop cache read it when one was ready
     for k in IGNORED_OPTION_KEYS:
         o.pop(k, None)
     for k in IGNORED_TRAIN_KEYS:
@@ -81,14 +82,55 @@ def _load_bundle(cfg: dict, data_root=None, dataset_root=None):
                         data_root=data_root or o.get("data_root"))
 
 
-def _score_run(run: Run, samples, task: str, device=None, what: str = "test"):
-    """(model, :class:`clefctl.scoring.ScoredSamples` of its readable ``samples``)."""
-    from clefctl.scoring import predict_scores
+def _score_run(run: Run, samples, task: str, device=None, what: str = "test", crops=None):
+    """(model, :class:`clefctl.scoring.ScoredSamples` of its readable ``samples``). ``crops``: a callable
+    giving the face-crop cache for the model's input size (:func:`_crop_finder`), or None."""
     from clefctl.model import create
 
     model = create(weights=str(run.model_path), device=device)
     extras = model.load_report.extras
-    return model, _readable(predict_scores(model, samples, extras, task), what)
+    return model, _readable(_score_with_crops(model, samples, extras, task, crops, what), what)
+
+
+def _crop_finder(bundle, enabled: bool):
+    """A callable ``image_size -> CropCache | None`` that looks for the bundle's cache once."""
+    from clefctl.data.crops import crop_cache_for
+
+    found: dict = {}
+
+    def get(image_size: int):
+        if image_size not in found:
+            found[image_size] = crop_cache_for(bundle, image_size, enabled)
+        return found[image_size]
+    return get
+
+
+def _score_with_crops(model, samples, extras: dict, task: str, crops, what: str):
+    """:func:`clefctl.scoring.predict_scores` on the samples' face crops when a cache is ready; frames the
+    cache has no crop for are left out and listed with the unreadable ones."""
+    from clefctl.scoring import predict_scores
+
+    cache = crops(model.image_size) if crops is not None else None
+    left = []
+    if cache is not None:
+        before = len(cache.left_out)
+        samples = cache.apply(samples, what=what)
+        left = cache.left_out[before:]
+    scored = predict_scores(model, samples, extras, task)
+    scored.skipped.extend(left)
+    return scored
+
+
+def _warn_crop_mismatch(run_config: dict, cache) -> None:
+    """A warning when the checkpoint's run trained on face crops and this evaluation reads full frames, or
+    the other way round (a run's config records the cache it read as ``crop_cache``)."""
+    if "crop_cache" not in run_config or not is_main():
+        return
+    trained = run_config["crop_cache"] is not None
+    if trained != (cache is not None):
+        first, then = ("face crops", "full frames") if trained else ("full frames", "face crops")
+        warnings.warn(f"the checkpoint was trained on {first} but is evaluated on {then}: the scores may not "
+                      f"be comparable" + ("" if trained else " (pass --no-crop-cache)"), stacklevel=3)
 
 
 def _readable(scored, what: str):
@@ -128,8 +170,10 @@ def _truth(samples, task: str):
 
 def evaluate_kfold(k: int | None = None, config: str | None = None, workspace: str | None = None,
                    dataset: str | None = None, data_root: str | None = None, dataset_root: str | None = None,
-                   tune: bool = False, device: str | None = None, progress: bool = True) -> EvalResult:
-    """Run the k-fold protocol for the settings of fine-tuning run ``config`` (default: the latest)."""
+                   tune: bool = False, device: str | None = None, progress: bool = True,
+                   crop_cache: bool = True) -> EvalResult:
+    """Run the k-fold protocol for the settings of fine-tuning run ``config`` (default: the latest).
+    ``crop_cache`` False: folds train and test on the full frames even where a face-crop cache is ready."""
     from clefctl import metrics, reports
     from clefctl.data.folds import make_folds, official_split, split_samples
     from clefctl.finetune import run_finetune
@@ -144,7 +188,10 @@ def evaluate_kfold(k: int | None = None, config: str | None = None, workspace: s
     if dataset and dataset != cfg["dataset"]:
         options["dataset"] = dataset
     options["workspace"] = workspace
+    if not crop_cache:
+        options["crop_cache"] = False
     bundle = _load_bundle({"dataset": options["dataset"], "options": options}, data_root, dataset_root)
+    crops = _crop_finder(bundle, options.get("crop_cache", True))
     task, classes = bundle.task, bundle.classes
     per_fold, pred_frames, feats, feat_labels, curves, tuned_folds, scored_tests = [], [], [], [], [], [], []
     if any(s.split for s in bundle.samples):
@@ -166,7 +213,7 @@ def evaluate_kfold(k: int | None = None, config: str | None = None, workspace: s
             run = run_finetune(fo)
         if fold is not None:
             _check_subject_exclusive(run, fold)
-        model, scored = _score_run(run, test, task, device)
+        model, scored = _score_run(run, test, task, device, crops=crops)
         fm, frame = _scored_metrics(scored, task, classes, fold_index)
         if task == "au" and tune:
             tuned_folds.append(_tuned_metrics(run, train, scored, classes, fold_index, device))
@@ -258,8 +305,10 @@ def _check_subject_exclusive(run: Run, fold) -> None:
 def evaluate_checkpoint(checkpoint: str, dataset: str | None = None, split: str = "test",
                         workspace: str | None = None, data_root: str | None = None,
                         dataset_root: str | None = None, device: str | None = None,
-                        trust_checkpoint: bool = False) -> EvalResult:
-    """Evaluate one fine-tuned checkpoint on a split (``test``/``train``/``val``, or ``all``)."""
+                        trust_checkpoint: bool = False, crop_cache: bool = True) -> EvalResult:
+    """Evaluate one fine-tuned checkpoint on a split (``test``/``train``/``val``, or ``all``), on the
+    frames' face crops when a cache is ready and ``crop_cache`` (a warning when the checkpoint's run
+    trained the other way)."""
     from clefctl import reports
     from clefctl.data import load_dataset
     from clefctl.data.folds import load_folds, samples_in_split
@@ -294,10 +343,10 @@ def evaluate_checkpoint(checkpoint: str, dataset: str | None = None, split: str 
         samples = [s for s in bundle.samples if s.subject in subjects]
     if not samples:
         raise ClefError(f"no samples in split {split!r} of {bundle.name}")
-    from clefctl.scoring import predict_scores
-
-    scored = _readable(predict_scores(model, samples, model.load_report.extras, bundle.task),
-                       "test" if split == "test" else f"{split}-split")
+    what = "test" if split == "test" else f"{split}-split"
+    crops = _crop_finder(bundle, crop_cache)
+    _warn_crop_mismatch(ck_run.config() if opts else {}, crops(model.image_size))
+    scored = _readable(_score_with_crops(model, samples, model.load_report.extras, bundle.task, crops, what), what)
     result, predictions = _scored_metrics(scored, bundle.task, bundle.classes, None)
     result.update(dataset=bundle.name, protocol=f"one checkpoint, split {split}", checkpoint=str(checkpoint))
     ws = Workspace(workspace)

@@ -45,6 +45,7 @@ class FinetuneOptions:
     weights: str | None = None         # a weights file instead of a pre-training run
     arch: str = "clef-tiny"            # used only when starting from --weights or random
     trust_checkpoint: bool = False
+    crop_cache: bool = True            # read a complete face-crop cache when there is one (clefctl data prepare)
     prompts: str | None = None         # prompt set name or a user's YAML (default: the data set's)
     lam: float = 2.0                   # lambda of Eq. 6
     no_descriptions: bool = False      # L_IN only (Table 6 "N")
@@ -163,13 +164,18 @@ def split_for(bundle, opts: FinetuneOptions):
 
 def prepare(opts: FinetuneOptions, ws: Workspace) -> StagePlan:
     """Stage 2's training part of the data set (from memory when small), model and Eq. 6 (or linear head) task."""
-    from clefctl.data.records import SampleDataset, cache_images, decode_size_for
+    from clefctl.data.crops import crop_cache_for
+    from clefctl.data.images import decode_size_for
+    from clefctl.data.records import SampleDataset, cache_images
     from clefctl.data.transforms import transforms_for
     from clefctl.data.weights import class_weights
 
     bundle, prompts, (train, test, folds, protocol) = _load_data(opts)
     model, init_desc, init = _init_model(opts, ws)
     opts = replace(opts, init=init)  # stored by name: a resume starts from the same run
+    crops = crop_cache_for(bundle, model.image_size, opts.crop_cache)
+    if crops:
+        train, test = crops.apply(train), crops.apply(test)
     resolve_defaults(opts.train, model.arch, bundle.name, bundle.task, len(train), dist.world_size())
     check_batches(len(train), opts.train.batch_size, dist.world_size())
     weights = torch.as_tensor(class_weights(train, bundle.task, len(bundle.classes)), dtype=torch.float32) \
@@ -186,7 +192,8 @@ def prepare(opts: FinetuneOptions, ws: Workspace) -> StagePlan:
     config = {"dataset": bundle.name, "task": bundle.task, "classes": bundle.classes, "protocol": protocol,
               "init": init_desc, "arch": model.arch, "init_fingerprint": model.fingerprint,
               "train_samples": len(train), "test_samples": len(test),
-              "class_weights": weights.tolist() if weights is not None else None, "prompts_hash": prompts.hash}
+              "class_weights": weights.tolist() if weights is not None else None, "prompts_hash": prompts.hash,
+              "crop_cache": crops.describe() if crops else None}
     meta = {"stage": "finetune", "dataset": bundle.name, "task": bundle.task, "classes": bundle.classes,
             "head": opts.head, "fold": opts.fold if folds else None, "prompts_hash": prompts.hash}
 

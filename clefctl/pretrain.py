@@ -38,6 +38,7 @@ class PretrainOptions:
     arch: str = "clef-tiny"
     weights: str | None = None           # e.g. FaRL-Base-Patch16-LAIONFace20M-ep64.pth
     trust_checkpoint: bool = False
+    crop_cache: bool = True              # read a complete face-crop cache when there is one (clefctl data prepare)
     prompts: str | None = None           # prompt set name or YAML path (default: the data set's)
     temperature: float = 0.25            # epsilon of Eq. 1
     no_activity_text: bool = False       # Table 6 "PI" only: L_II alone
@@ -132,7 +133,9 @@ def validate_options(opts: PretrainOptions) -> None:
 
 def prepare(opts: PretrainOptions, ws: Workspace) -> StagePlan:
     """Stage 1's data (two views of each frame, from memory when small), model and Eq. 2 task."""
-    from clefctl.data.records import SampleDataset, cache_images, decode_size_for
+    from clefctl.data.crops import crop_cache_for
+    from clefctl.data.images import decode_size_for
+    from clefctl.data.records import SampleDataset, cache_images
     from clefctl.data.transforms import TwoViews, transforms_for
     from clefctl.prompts import load_prompts
 
@@ -146,9 +149,11 @@ def prepare(opts: PretrainOptions, ws: Workspace) -> StagePlan:
     model = ws.resolve_model(opts.weights or "random", arch=opts.arch).load(
         opts.device, trust_checkpoint=opts.trust_checkpoint, seed=opts.train.seed, default_arch=opts.arch)
     activities = sorted({s.activity for s in bundle.samples})
-    check_batches(len(bundle.samples), opts.train.batch_size, dist.world_size())
+    crops = crop_cache_for(bundle, model.image_size, opts.crop_cache)
+    samples = crops.apply(bundle.samples) if crops else bundle.samples
+    check_batches(len(samples), opts.train.batch_size, dist.world_size())
     aug = augment_for(model.arch, opts.crop_scale, opts.rotation)
-    dataset = SampleDataset(cache_images(bundle.samples, model.image_size),
+    dataset = SampleDataset(cache_images(samples, model.image_size),
                             TwoViews(transforms_for(model, train=True, **aug)),
                             classes_count=0, task="activity", activities=activities,
                             decode_size=decode_size_for(model.image_size))
@@ -160,7 +165,8 @@ def prepare(opts: PretrainOptions, ws: Workspace) -> StagePlan:
     return StagePlan(
         opts, model, task, dataset, label=f"{bundle.name}-{model.arch}", prompts=prompts,
         config={"dataset": bundle.name, "arch": model.arch, "init_fingerprint": model.fingerprint,
-                "frames": len(bundle.samples), "activities": activities, "prompts_hash": prompts.hash},
+                "frames": len(samples), "activities": activities, "prompts_hash": prompts.hash,
+                "crop_cache": crops.describe() if crops else None},
         meta={"stage": "pretrain", "dataset": bundle.name},
         save_results=save_results)
 

@@ -19,45 +19,105 @@ def data() -> None:
 # --- prepare: face detection and cropping (clefctl.data.faces) ---------------------------
 
 @data.command("prepare")
-@click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Output folder for crops/ and faces.csv.")
-@click.option("--size", default=224, show_default=True, type=click.IntRange(min=1),
-              help="Side of the square crops in pixels.")
+@click.argument("inputs", nargs=-1)
+@click.option("--dataset", default=None,
+              help="Build this data set's face-crop cache instead (bp4d, bp4dplus, disfa, manifest, folder).")
+@click.option("--data-root", default=None, envvar="CLEF_DATA_ROOT", type=click.Path(file_okay=False),
+              help="With --dataset: the folder holding BP4D/, DISFA/, ...")
+@click.option("--dataset-root", default=None, type=click.Path(),
+              help="With --dataset: the data set's own folder (or manifest CSV).")
+@click.option("--mode", type=click.Choice(["au", "pretrain"]), default=None,
+              help="With --dataset (BP4D layouts): pretrain crops the frames pre-training reads.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="With INPUTS: output folder for crops/ and faces.csv.")
+@click.option("--size", default=None, type=click.IntRange(min=16),
+              help="Side of the square crops in pixels (default 224 for INPUTS, 256 for --dataset).")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="With --dataset: processes (default every usable core).")
 @click.option("--every", default=1, show_default=True, type=click.IntRange(min=1),
               help="Keep every N-th video frame.")
 @click.option("--max-frames", default=None, type=click.IntRange(min=1),
-              help="At most this many frames per video.")
+              help="At most this many frames per video; with --dataset --mode pretrain, the frames "
+                   "pre-training samples (as pretrain --max-frames).")
 @click.option("--margin", default=0.25, show_default=True, type=click.FloatRange(min=0),
               help="Context around the face box on each side, as a fraction of the box.")
 @click.option("--no-align", is_flag=True, help="Do not rotate crops to level the eyes.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def prepare_cmd(inputs, out_dir, size, every, max_frames, margin, no_align, as_json) -> None:
-    """Detect, align and crop faces in photos, folders, globs or videos; write faces.csv.
+def prepare_cmd(inputs, dataset, data_root, dataset_root, mode, out_dir, size, workers, every, max_frames,
+                margin, no_align, no_progress, as_json) -> None:
+    """Crop faces: of your photos and videos (INPUTS --out DIR: crops + faces.csv), or of a whole-frame
+    data set once, into the face-crop cache that training, evaluation and embedding then read
+    (--dataset; resumable: run it again after a kill).
 
+    \b
     Example: clefctl data prepare photos/ clip.mp4 --out faces --every 5
+    Example: clefctl data prepare --dataset bp4d --data-root /datasets --workers 16
     """
+    if bool(inputs) == bool(dataset):
+        raise click.UsageError("give either INPUTS (with --out) or --dataset NAME")
+    if dataset:
+        if out_dir is not None or every != 1:
+            raise click.UsageError("--out and --every go with INPUTS, not --dataset")
+        _prepare_dataset(dataset, data_root, dataset_root, mode, size, workers, max_frames, margin, no_align,
+                         not (no_progress or as_json), as_json)
+        return
+    if out_dir is None:
+        raise click.UsageError("INPUTS need --out DIR")
+    if any(v is not None for v in (dataset_root, mode, workers)):
+        raise click.UsageError("--dataset-root, --mode and --workers go with --dataset")
+    _prepare_inputs(list(inputs), out_dir, size or 224, every, max_frames, margin, no_align,
+                    not (no_progress or as_json), as_json)
+
+
+def _prepare_inputs(inputs, out_dir, size, every, max_frames, margin, no_align, progress, as_json) -> None:
     import json as _json
 
     from clefctl.data.faces import prepare
 
-    report = prepare(list(inputs), out_dir, size=size, every=every, max_frames=max_frames,
-                     margin=margin, align=not no_align, progress=not as_json)
+    report = prepare(inputs, out_dir, size=size, every=every, max_frames=max_frames,
+                     margin=margin, align=not no_align, progress=progress)
     if as_json:
         click.echo(_json.dumps(report.to_dict(), indent=2))
         return
     click.echo(f"images: {report.images}  videos: {report.videos} ({report.frames} frames)  "
                f"faces found: {report.faces}/{report.processed}  "
                f"unreadable: {len(report.unreadable)}")
-    if report.no_face:
-        click.echo(f"no face ({len(report.no_face)}):")
-        for item in report.no_face:
-            click.echo(f"  {item}")
-    if report.unreadable:
-        click.echo(f"unreadable, skipped ({len(report.unreadable)}):")
-        for item in report.unreadable:
-            click.echo(f"  {item}")
+    _listing("no face", report.no_face)
+    _listing("unreadable, skipped", report.unreadable)
     click.echo(f"wrote {report.csv_path}")
+
+
+def _listing(what: str, items: list[str], limit: int | None = None) -> None:
+    if not items:
+        return
+    click.echo(f"{what} ({len(items)}):")
+    for item in items[:limit]:
+        click.echo(f"  {item}")
+    if limit is not None and len(items) > limit:
+        click.echo(f"  ... ({len(items) - limit} more)")
+
+
+def _prepare_dataset(dataset, data_root, dataset_root, mode, size, workers, max_frames, margin, no_align,
+                     progress, as_json) -> None:
+    import json as _json
+
+    from clefctl.data.crops import CropSettings, prepare_dataset
+
+    settings = CropSettings(size=size or 256, margin=margin, align=not no_align)
+    report = prepare_dataset(dataset, root=dataset_root, data_root=data_root, settings=settings, workers=workers,
+                             mode=mode, max_frames=max_frames, progress=progress)
+    if as_json:
+        click.echo(_json.dumps(report.to_dict(), indent=2))
+        return
+    c = report.counts
+    click.echo(f"{report.dataset}: {report.frames} frames, {report.reused} cropped before, {report.cropped_now} now "
+               f"({report.frames_per_s:.1f} frames/s with {report.workers} worker{'s' if report.workers != 1 else ''})")
+    click.echo(f"  face found: {c.get('face', 0)}  box of a neighbouring frame: {c.get('neighbour', 0)}  "
+               f"no face: {c.get('no_face', 0)}  unreadable: {c.get('unreadable', 0)}")
+    _listing("no face, left out", report.no_face, limit=20)
+    _listing("unreadable, left out", report.unreadable, limit=20)
+    click.echo(f"cache: {report.cache}")
 
 
 # --- list, folds: registry and subject folds (clefctl.data, clefctl.data.folds) ----------

@@ -46,6 +46,8 @@ def summary_lines(res) -> list[str]:
 @click.option("--arch", default="ViT-B-16", show_default=True, help="Architecture (a clefctl checkpoint carries its own).")
 @click.option("--trust-checkpoint", is_flag=True,
               help="Allow full unpickling of a trusted weights file (never taken from a config file).")
+@click.option("--no-crop-cache", is_flag=True,
+              help="--dataset: embed the full frames even when a face-crop cache is ready (clefctl data prepare).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
               help="Store file (default: <workspace>/embed/<image set>--<model>/store.h5).")
@@ -64,8 +66,8 @@ def summary_lines(res) -> list[str]:
 @click.option("--overwrite", is_flag=True, help="Start the store again instead of resuming it.")
 @click.option("--workspace", default=None, type=click.Path(file_okay=False), help="Run folder root.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def embed(paths, dataset, dataset_root, data_root, split, weights, arch, trust_checkpoint, device, out, batch_size,
-          chunk_size, dtype, workers, index_kind, every, max_frames, overwrite, workspace, as_json) -> None:
+def embed(paths, dataset, dataset_root, data_root, split, weights, arch, trust_checkpoint, no_crop_cache, device, out,
+          batch_size, chunk_size, dtype, workers, index_kind, every, max_frames, overwrite, workspace, as_json) -> None:
     """Embed a data set's images, or every face of photos and videos, into a resumable HDF5 store
     (and build its FAISS index).
 
@@ -87,7 +89,7 @@ def embed(paths, dataset, dataset_root, data_root, split, weights, arch, trust_c
 
     res = run_embed(EmbedOptions(
         dataset=dataset, dataset_root=dataset_root, data_root=data_root, split=split, weights=weights, arch=arch,
-        trust_checkpoint=trust_checkpoint, device=device, out=out, batch_size=batch_size, chunk_size=chunk_size,
+        trust_checkpoint=trust_checkpoint, crop_cache=not no_crop_cache, device=device, out=out, batch_size=batch_size, chunk_size=chunk_size,
         dtype=dtype, workers=workers, index=index_kind, overwrite=overwrite, workspace=workspace,
         progress=not as_json, paths=tuple(paths), every=every, max_frames=max_frames))
     if not res.main:

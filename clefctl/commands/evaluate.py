@@ -24,12 +24,14 @@ import click
               help="--checkpoint: allow full unpickling of a trusted file (never taken from a config file).")
 @click.option("--data-root", default=None, envvar="CLEF_DATA_ROOT")
 @click.option("--dataset-root", default=None)
+@click.option("--no-crop-cache", is_flag=True,
+              help="Read the full frames even when a face-crop cache is ready (clefctl data prepare).")
 @click.option("--device", default=None)
 @click.option("--workspace", default=None, envvar="CLEF_WORKSPACE")
 @click.option("--no-progress", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print results.json's content.")
 def evaluate(k, config, dataset, checkpoint, split, tune_thresholds, ablation, epochs, trust_checkpoint, data_root,
-             dataset_root, device, workspace, no_progress, as_json) -> None:
+             dataset_root, no_crop_cache, device, workspace, no_progress, as_json) -> None:
     """Evaluate as the paper does: per-AU F1 (fold mean and pooled) or accuracy, tables and plots.
 
     Runs one fine-tuned model per subject fold with the settings of the latest fine-tuning run
@@ -57,10 +59,10 @@ def evaluate(k, config, dataset, checkpoint, split, tune_thresholds, ablation, e
         return
     if checkpoint:
         out = ev.evaluate_checkpoint(checkpoint, dataset, split, workspace, data_root, dataset_root, device,
-                                     trust_checkpoint=trust_checkpoint)
+                                     trust_checkpoint=trust_checkpoint, crop_cache=not no_crop_cache)
     else:
         out = ev.evaluate_kfold(k, config, workspace, dataset, data_root, dataset_root, tune_thresholds, device,
-                                progress=not no_progress and not as_json)
+                                progress=not no_progress and not as_json, crop_cache=not no_crop_cache)
     if out.run is None:  # torchrun: rank 0 prints
         return
     if as_json:

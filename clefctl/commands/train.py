@@ -30,7 +30,7 @@ POSITIVE = Finite(min=0, min_open=True)
 NON_NEGATIVE = Finite(min=0)
 # click parameter -> the options field it sets, where the names differ
 _FIELDS = {"workers": "num_workers", "no_progress": "progress", "as_json": "progress",
-           "no_class_weights": "class_weighting"}
+           "no_class_weights": "class_weighting", "no_crop_cache": "crop_cache"}
 
 
 def given_options(ctx: click.Context) -> frozenset[str]:
@@ -105,6 +105,8 @@ def data_options(default: str):
                                                           "list; its architecture comes with it), an exported "
                                                           "folder, hf-hub:ORG/NAME or an open_clip pretrained tag."),
             click.option("--trust-checkpoint", is_flag=True, help="Allow full unpickling of a trusted weights file."),
+            click.option("--no-crop-cache", is_flag=True,
+                         help="Read the full frames even when a face-crop cache is ready (clefctl data prepare)."),
         ]):
             f = o(f)
         return f
@@ -173,7 +175,7 @@ def pretrain(**kw) -> None:
                            trust_checkpoint=kw["trust_checkpoint"], prompts=kw["prompts"],
                            temperature=kw["temperature"], no_activity_text=kw["no_activity_text"],
                            crop_scale=kw["crop_scale"], rotation=kw["rotation"], device=kw["device"],
-                           workspace=kw["workspace"], resume=kw["resume"],
+                           crop_cache=not kw["no_crop_cache"], workspace=kw["workspace"], resume=kw["resume"],
                            overrides=given_options(click.get_current_context()), train=_train_config(kw))
     run = run_pretrain(opts)
     _report(run, kw["as_json"], "pretrain")
@@ -216,7 +218,7 @@ def finetune(**kw) -> None:
                            trust_checkpoint=kw["trust_checkpoint"], prompts=kw["prompts"], lam=kw["lam"],
                            no_descriptions=kw["no_descriptions"], head=kw["head"],
                            class_weighting=not kw["no_class_weights"], crop_scale=kw["crop_scale"],
-                           rotation=kw["rotation"], device=kw["device"],
+                           rotation=kw["rotation"], device=kw["device"], crop_cache=not kw["no_crop_cache"],
                            workspace=kw["workspace"], resume=kw["resume"], overrides=given, train=cfg)
     if init == "latest" and not (kw["resume"] and "init" not in given):  # a resumed run keeps its own init
         from clefctl.workspace import Workspace

@@ -30,6 +30,9 @@ class DatasetSpec:
     folder: str | None = None      # conventional sub-folder of the data root
     marker: str | None = None      # a file or folder that must exist for "present"
     opts: dict = field(default_factory=dict)
+    # what its images are: "frames" (whole camera frames: a face-crop cache pays, clefctl data prepare),
+    # "boxes" (a face box per image from the annotations), "aligned" (face crops), "photos" (the user's)
+    faces: str = "frames"
 
 
 _SPECS = [
@@ -41,23 +44,23 @@ _SPECS = [
     DatasetSpec("disfa", "DISFA, 27 subjects, 8 AUs (intensity >= 2), canonical 3 folds",
                 "au", "clefctl.data.disfa:load", "DISFA", "ActionUnit_Labels"),
     DatasetSpec("rafdb", "RAF-DB basic, 7 expressions, official train/test split", "fer",
-                "clefctl.data.rafdb:load", "RAF-DB", "EmoLabel/list_patition_label.txt"),
+                "clefctl.data.rafdb:load", "RAF-DB", "EmoLabel/list_patition_label.txt", faces="aligned"),
     DatasetSpec("affectnet7", "AffectNet, 7 expressions (no contempt), training/validation",
                 "fer", "clefctl.data.affectnet:load", "AffectNet",
-                "Manually_Annotated_file_lists/training.csv", {"classes": 7}),
+                "Manually_Annotated_file_lists/training.csv", {"classes": 7}, faces="boxes"),
     DatasetSpec("affectnet8", "AffectNet, 8 expressions (with contempt), training/validation",
                 "fer", "clefctl.data.affectnet:load", "AffectNet",
-                "Manually_Annotated_file_lists/training.csv", {"classes": 8}),
+                "Manually_Annotated_file_lists/training.csv", {"classes": 8}, faces="boxes"),
     DatasetSpec("ferplus", "FERPlus (FER2013 relabelled), 8 expressions, train/val/test",
-                "fer", "clefctl.data.ferplus:load", "FERPlus", "fer2013new.csv"),
+                "fer", "clefctl.data.ferplus:load", "FERPlus", "fer2013new.csv", faces="aligned"),
     DatasetSpec("manifest", "your images listed in a CSV (path, subject, label or AU1..); "
-                "root = the CSV", "any", "clefctl.data.manifest:load"),
+                "root = the CSV", "any", "clefctl.data.manifest:load", faces="photos"),
     DatasetSpec("folder", "your images in DIR/<class name>/*.jpg|png; root = the folder",
-                "fer", "clefctl.data.folder:load"),
+                "fer", "clefctl.data.folder:load", faces="photos"),
     DatasetSpec("synthetic-au", "procedural AU-driven faces in the BP4D layout, 15 AUs, "
-                "generated on first use", "au", "clefctl.data.bp4d:load"),
+                "generated on first use", "au", "clefctl.data.bp4d:load", faces="aligned"),
     DatasetSpec("synthetic-fer", "procedural expression faces in the RAF-DB layout, "
-                "generated on first use", "fer", "clefctl.data.rafdb:load"),
+                "generated on first use", "fer", "clefctl.data.rafdb:load", faces="aligned"),
 ]
 DATASETS: dict[str, DatasetSpec] = {s.name: s for s in _SPECS}
 # The one alias table: every name a user may type for a registered data set (load_dataset, reports,

@@ -117,5 +117,6 @@ class LoaderProbe:
                 f"{loader_rate:.0f}/s; about {needed} workers would keep it busy (--workers {needed})")
         if needed > spare:
             line += (f", more than the {spare} cores this process can use: decode less per image "
-                     f"(smaller source images or pre-cropped faces) or use more cores per rank")
+                     f"(whole-frame data sets: `clefctl data prepare --dataset NAME` crops the faces once) "
+                     f"or use more cores per rank")
         return line

@@ -475,6 +475,7 @@ class EmbedOptions:
     weights: str | None = None          # None: the latest finetune (else pretrain) run's model
     arch: str = "ViT-B-16"
     trust_checkpoint: bool = False
+    crop_cache: bool = True             # a data set's frames: read a ready face-crop cache (clefctl data prepare)
     device: str = "auto"
     out: str | None = None              # None: <workspace>/embed/<image set>--<model>/store.h5
     batch_size: int = 64
@@ -554,6 +555,7 @@ def run_embed(opts: EmbedOptions) -> EmbedResult:
         return run_embed_media(opts)
     from clefctl import distributed
     from clefctl.data import load_dataset
+    from clefctl.data.crops import crop_cache_for
     from clefctl.paths import write_json_atomic
     from clefctl.store.index.run import index_after_embed
     from clefctl.workspace import Run, Workspace
@@ -567,6 +569,10 @@ def run_embed(opts: EmbedOptions) -> EmbedResult:
     choice = ws.resolve_model(opts.weights, arch=opts.arch,
                               hint="pass --weights model.pt (or --weights random for an untrained model)")
     model = choice.load(_embed_device(opts.device), trust_checkpoint=opts.trust_checkpoint, default_arch=opts.arch)
+    crops = crop_cache_for(bundle, model.image_size, opts.crop_cache)
+    if crops:  # rows are the crops (their own image set: a store never mixes crops and frames)
+        bundle.samples = crops.apply(bundle.samples, what="embedding")
+        image_set = f"{image_set}-crops{crops.size}"
     run_dir = embed_run_dir(ws, model.fingerprint, image_set) if opts.out is None else Path(opts.out).parent
     store_path = run_dir / STORE_NAME if opts.out is None else Path(opts.out)
     if distributed.is_main():
@@ -585,7 +591,7 @@ def run_embed(opts: EmbedOptions) -> EmbedResult:
                              "split": opts.split, "image_set": image_set, "arch": model.arch,
                              "weights": choice.weights or "random", "fingerprint": model.fingerprint,
                              "store": STORE_NAME, "dtype": opts.dtype, "batch_size": opts.batch_size,
-                             "chunk_size": opts.chunk_size})
+                             "chunk_size": opts.chunk_size, "crop_cache": crops.describe() if crops else None})
             write_json_atomic(run_dir / "report.json", summary)
             ws.set_latest(run)
     distributed.cleanup()

@@ -129,6 +129,15 @@ class HaarDetector(Detector):
         resolution (up to 1024 pixels), CLAHE, the fallback cascade when the first finds none."""
         return cls(equalise="clahe")
 
+    @classmethod
+    def for_frames(cls) -> "HaarDetector":
+        """The recorded-frame setting (``clefctl data prepare --dataset``: BP4D, DISFA, one subject
+        filling much of a camera frame): scale factor 1.1, faces from 1/6 of the shorter side, on a
+        copy reduced so that such a face spans 1.25 cascade windows (~150x200 pixels for a
+        1040x1392 frame), CLAHE, the fallback cascade when the first finds none."""
+        return cls(scale_factor=1.1, min_neighbors=5, min_face=1 / 6, window=1.25, fallback=True,
+                   equalise="clahe")
+
     def describe(self) -> dict:
         return {"name": self.name, "scale_factor": self.scale_factor, "min_neighbors": self.min_neighbors,
                 "min_face": round(self.min_face, 4), "min_size": self.min_size, "window": self.window,

@@ -241,3 +241,45 @@ def score_faces(truth: SceneTruth, found: dict[int, list[tuple[int, tuple]]], *,
             "false_positive_frames": fp_frames / n if n else 0.0, "id_switches": switches,
             "reentries": 1 if truth.leave[1] > truth.leave[0] else 0,
             "ids_per_person": {p: sorted(v) for p, v in sorted(ids_of.items())}}
+
+
+FRAME_AUS = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)   # the BP4D label files' literature AUs
+
+
+def write_frame_dataset(root: str | os.PathLike, *, subjects: tuple[str, ...] = ("F001", "M001"),
+                        tasks: tuple[str, ...] = ("T1", "T2"), frames: int = 12, width: int = 260,
+                        height: int = 348, face: int = 150, seed: int = 0, quality: int = 90,
+                        blank: tuple[int, ...] = (), noise: int = 0) -> dict[str, tuple[int, int, int, int]]:
+    """Whole camera frames in the BP4D layout, one synthetic face per frame drifting slowly, with AU
+    labels: ``AUCoding/AU_OCC/{subject}_{task}.csv`` and ``{subject}/{task}/{frame}.jpg`` (frames
+    numbered from 1). Frames whose number is in ``blank`` show the background only (no face). ``noise``:
+    uniform sensor noise of +-noise grey levels (camera frames' JPEGs are larger and slower to decode). Returns
+    the face box (x, y, w, h) of each frame with a face, keyed by its path relative to ``root``."""
+    root = Path(root)
+    sprites = face_sprites(len(subjects), size=face, variants=3, seed=seed)
+    bg = background(width, height, seed)
+    rng = np.random.default_rng(seed + 5)
+    truth: dict[str, tuple[int, int, int, int]] = {}
+    for p, subject in enumerate(subjects):
+        for task in tasks:
+            folder = root / subject / task
+            folder.mkdir(parents=True, exist_ok=True)
+            x0 = (width - face) / 2 + rng.uniform(-0.1, 0.1) * width
+            y0 = (height - face) / 2 + rng.uniform(-0.1, 0.1) * height
+            lines = ["0," + ",".join(str(a) for a in FRAME_AUS)]
+            for n in range(1, frames + 1):
+                canvas = bg.copy()
+                if n not in blank:
+                    x = int(round(x0 + 0.04 * width * np.sin(0.3 * n)))
+                    y = int(round(y0 + 0.03 * height * np.cos(0.2 * n)))
+                    truth[f"{subject}/{task}/{n}.jpg"] = paste(canvas, sprites[p][n % 3], x, y)
+                if noise:
+                    canvas = np.clip(canvas.astype(np.int16) + rng.integers(-noise, noise + 1, canvas.shape),
+                                     0, 255).astype(np.uint8)
+                cv2.imwrite(str(folder / f"{n}.jpg"), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR),
+                            [cv2.IMWRITE_JPEG_QUALITY, quality])
+                lines.append(f"{n}," + ",".join(str(int(v)) for v in rng.integers(0, 2, len(FRAME_AUS))))
+            occ = root / "AUCoding" / "AU_OCC" / f"{subject}_{task}.csv"
+            occ.parent.mkdir(parents=True, exist_ok=True)
+            occ.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return truth
