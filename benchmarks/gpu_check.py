@@ -9,7 +9,7 @@ on preprocessed tensors, and ``run_embed`` end to end on JPEG face images); ``cl
 on a generated 640x360 video at batch 64; a FAISS IVF index built and queried on 1M vectors (on the
 GPU when faiss-gpu imports, else faiss-cpu on the same data, said so); peak GPU memory; and a
 fine-tune of clef-tiny on synthetic-au under CUDA autocast, whose held-out AU F1 says the AMP path
-learns. ``--dry-run`` runs every step tiny on the CPU (what the tests can check without a GPU);
+learns; and ``data prepare`` (the face-crop cache) on BP4D-sized frames with every core. ``--dry-run`` runs every step tiny on the CPU (what the tests can check without a GPU);
 ``--only a,b`` runs those steps alone.
 
     python benchmarks/gpu_check.py OUT [--dry-run] [--only environment,faiss]
@@ -34,7 +34,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"train_step": "ViT-B-16 bf16 training >= 1,500 img/s", "embed": "embedding >= 5,000 img/s",
-           "predict": ">= 300 fps at batch 64", "faiss": "(no target)", "finetune_amp": "held-out AU F1 > 70"}
+           "predict": ">= 300 fps at batch 64", "faiss": "(no target)", "finetune_amp": "held-out AU F1 > 70",
+           "prepare": ">= 20 frames/s a core"}
 
 
 class Check:
@@ -236,6 +237,21 @@ def finetune_amp(c: Check) -> dict:
             "autocast": str(amp).replace("torch.", "") if amp else "off", "peak_gpu_gib": c.peak()}
 
 
+def prepare(c: Check) -> dict:
+    """``clefctl data prepare --dataset bp4d`` on BP4D-sized frames with every core of the machine (the
+    face-crop cache's build: CPU work, measured here for its scaling over many cores)."""
+    from clefctl.data.crops import prepare_dataset
+    from clefctl.data.faces.scenes import write_frame_dataset
+
+    root = c.tmp / "BP4D"
+    size = c.size((1040, 1392, 520), (260, 348, 150))
+    write_frame_dataset(root, subjects=("F001", "F002"), tasks=("T1", "T2"), frames=c.size(80, 3), width=size[0],
+                        height=size[1], face=size[2], quality=92, noise=3)
+    report = prepare_dataset("bp4d", root=root, progress=False)
+    return {"frames": report.frames, "workers": report.workers, "frames_per_s": report.frames_per_s,
+            "frames_per_s_per_worker": report.frames_per_s / max(1, report.workers), "counts": report.counts}
+
+
 def markdown(result: dict) -> str:
     s = result["steps"]
     env = s.get("environment", {})
@@ -257,13 +273,15 @@ def markdown(result: dict) -> str:
         f"{e['build_seconds']:.1f} s, {e['queries_per_s']:.0f} queries/s, recall@10 {e['recall_at_10']:.2f}")
     row("finetune_amp", lambda e: f"held-out AU F1 {e['held_out_mean_f1']:.1f} after {e['steps']} steps "
         f"({e['autocast']}), loss {e['first_loss']:.2f} -> {e['last_loss']:.2f}")
+    row("prepare", lambda e: f"{e['frames_per_s']:.0f} frames/s with {e['workers']} workers "
+        f"({e['frames_per_s_per_worker']:.0f} a worker; {e['frames']} frames of 1040x1392)")
     peaks = [e.get(k) for e in s.values() for k in ("peak_gpu_gib", "max_batch_peak_gib") if e.get(k)]
     lines.append(f"| peak GPU memory | {max(peaks):.1f} GiB |  |" if peaks else "| peak GPU memory | n/a |  |")
     return "\n".join(lines) + "\n"
 
 
 STEPS = {"environment": environment, "train_step": train_step, "embed": embed, "predict": predict,
-         "faiss": faiss_index, "finetune_amp": finetune_amp}
+         "faiss": faiss_index, "finetune_amp": finetune_amp, "prepare": prepare}
 
 
 def main() -> None:

@@ -16,12 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_gpu_check_writes_json_and_a_table_on_the_cpu(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, CLEF_WHEELS=str(tmp_path / "no-wheels"))
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path / "out"), "--dry-run",
-                           "--only", "environment,faiss"], capture_output=True, text=True, env=env, timeout=300)
+                           "--only", "environment,faiss,prepare"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
-    assert result["dry_run"] is True and set(result["steps"]) == {"environment", "faiss"}
+    assert result["dry_run"] is True and set(result["steps"]) == {"environment", "faiss", "prepare"}
     assert all(step["ok"] for step in result["steps"].values())
     assert result["steps"]["faiss"]["recall_at_10"] > 0.5 and result["steps"]["environment"]["torch"]
+    assert result["steps"]["prepare"]["counts"]["face"] == 12 and result["steps"]["prepare"]["frames_per_s"] > 0
     table = (tmp_path / "out" / "gpu_check.md").read_text()
     assert "| faiss | faiss " in table and "| train_step | not run |" in table and "DRY RUN" in table
     assert (tmp_path / "out" / "gpu_check.log").is_file() and "unpacked" not in done.stdout
