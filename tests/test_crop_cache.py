@@ -246,3 +246,16 @@ def test_evaluate_and_embed_read_the_crops(frames, tmp_path):
                                      workspace=ws, index="none", progress=False, workers=0))
     assert res.report.rows == 59 and "crops96" in str(res.store_path)
     assert res.run.config()["crop_cache"]["size"] == 96
+
+
+def test_a_large_whole_frame_set_without_a_cache_gets_one_hint(frames, monkeypatch, capsys):
+    from clefctl.data.crops import use
+
+    root, _ = frames
+    bundle = load_dataset("bp4d", root=root)
+    monkeypatch.setattr(use, "HINT_MIN_FRAMES", 50)
+    assert crop_cache_for(bundle, 64) is None
+    err = capsys.readouterr().err
+    assert f"clefctl data prepare --dataset bp4d --dataset-root {root}" in err
+    bundle.samples = bundle.samples[:10]                   # a small set: no hint
+    assert crop_cache_for(bundle, 64) is None and capsys.readouterr().err == ""
