@@ -41,6 +41,7 @@ def test_embed_a_video_then_query_says_where_each_hit_is(media, tmp_path, capsys
     assert summary["sources"] == 3 and summary["frames"] == 20 + 1 and summary["skipped"] == 1
     assert summary["skipped_ids"] == [str(d / "broken.mp4")]
     assert summary["rows"] == summary["faces"] > 20 and summary["complete"]
+    assert summary["index"]["kind"] == "flat" and "bytes" in summary["index"]     # index_after_embed's summary
     code, out, err = _cli(["query", "a smiling face", "-k", "50", "--workspace", ws, "--json"], capsys)
     assert code == 0, err
     hits = json.loads(out)["hits"]
@@ -117,3 +118,12 @@ def test_stores_without_the_face_columns_still_read(tmp_path):
 
         st.append(np.eye(4, dtype=np.float32)[2:3], [Sample("c", "s3")])
         assert st.count == 3
+
+
+def test_a_media_store_index_is_tuned_on_the_models_prompt_texts():
+    from types import SimpleNamespace
+
+    from clefctl.store.media import media_prompts
+
+    assert media_prompts(SimpleNamespace(meta={"dataset": "rafdb"})) == "rafdb"
+    assert media_prompts(SimpleNamespace(meta={})) == "bp4d" and media_prompts(object()) == "bp4d"

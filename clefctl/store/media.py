@@ -165,6 +165,12 @@ def embed_media_into_store(model, inputs, store_path: str | os.PathLike, *, ever
     return report, counts
 
 
+def media_prompts(model) -> str:
+    """The prompt set whose texts tune a photo-and-video store's index: the fine-tuned model's data set's
+    set, else BP4D's AU names and descriptions (what people type: "lip corners pulled up")."""
+    return str((getattr(model, "meta", None) or {}).get("dataset") or "bp4d")
+
+
 def run_embed_media(opts) -> EmbedResult:
     """``clefctl embed PATH...``: resolve the model, embed the faces of ``opts.paths`` into the run
     folder's store (``<workspace>/embed/media-<hash>--<model>/store.h5``, or ``opts.out``), build
@@ -172,7 +178,7 @@ def run_embed_media(opts) -> EmbedResult:
     from clefctl import distributed
     from clefctl.data.faces import expand_inputs
     from clefctl.paths import write_json_atomic
-    from clefctl.store.index import load_index
+    from clefctl.store.index.run import index_after_embed
     from clefctl.workspace import Run, Workspace
 
     if distributed.world_size() > 1:
@@ -192,9 +198,9 @@ def run_embed_media(opts) -> EmbedResult:
                                             batch_size=opts.batch_size, chunk_size=opts.chunk_size, dtype=opts.dtype,
                                             progress=opts.progress, overwrite=opts.overwrite, image_set=image_set)
     summary, run = {**report.to_dict(), **counts}, None
-    if opts.index != "none" and report.rows:
-        idx = load_index(store_path, opts.index)
-        summary["index"] = {"kind": idx.kind, "rows": idx.ntotal, "params": idx.meta.get("params", {})}
+    if opts.index != "none" and report.rows:  # tuned on text queries, as a data set's store is (issue 16)
+        summary["index"] = index_after_embed(store_path, opts.index, model, media_prompts(model),
+                                             progress=opts.progress)
     if opts.out is None:
         run = Run(run_dir, "embed")
         run.save_config({"inputs": files, "every": opts.every, "max_frames": opts.max_frames, "image_set": image_set,
