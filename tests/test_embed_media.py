@@ -58,6 +58,23 @@ def test_embed_a_video_then_query_says_where_each_hit_is(media, tmp_path, capsys
                           capsys)
     assert code == 0, err
     assert "timestamp" in out and "talk.avi" in out and (tmp_path / "s.png").stat().st_size > 1000
+    # an image query on a store of faces searches with the photo's largest face, cropped as embed crops it
+    code, out, err = _cli(["query", "--image", d / "group.png", "-k", "3", "--workspace", ws, "--json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    from clefctl.store.format import EmbeddingStore
+
+    qx, qy, qw, qh = doc["query_face"]
+    with EmbeddingStore.open(doc["store"]) as st:
+        meta = st.metadata(np.arange(st.count))
+    same = meta[(meta["source"] == str(d / "group.png")) & (meta["box_x"] == qx) & (meta["box_y"] == qy)
+                & (meta["box_w"] == qw) & (meta["box_h"] == qh)]
+    assert len(same) == 1 and doc["hits"][0]["id"] == same["id"].iloc[0]      # that very face's row comes first
+    code, out, err = _cli(["query", "--image", d / "group.png", "-k", "3", "--workspace", ws, "--whole-image",
+                           "--json"], capsys)
+    assert code == 0, err
+    whole = json.loads(out)
+    assert whole["query_face"] is None
 
 
 def test_an_interrupted_embed_resumes_to_the_same_store(media, tmp_path, monkeypatch):

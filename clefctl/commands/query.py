@@ -49,6 +49,8 @@ def resolve_store(store: str | None, run_ref: str | None, workspace) -> tuple[Pa
 @click.command("query")
 @click.argument("text", required=False)
 @click.option("--image", default=None, help="Search by an image file or a store id instead of text.")
+@click.option("--whole-image", is_flag=True,
+              help="--image on a store of face crops: search with the whole image, not its largest face.")
 @click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--store", default=None, type=click.Path(dir_okay=False), help="Store file (default: latest embed run).")
 @click.option("--run", "run_ref", default=None, help="Embed run name or folder.")
@@ -65,8 +67,8 @@ def resolve_store(store: str | None, run_ref: str | None, workspace) -> tuple[Pa
               help="Also draw the hits into this PNG.")
 @click.option("--workspace", default=None, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
-def query(text, image, k, store, run_ref, weights, arch, trust_checkpoint, index_kind, show_classes, sheet,
-          workspace, as_json) -> None:
+def query(text, image, whole_image, k, store, run_ref, weights, arch, trust_checkpoint, index_kind, show_classes,
+          sheet, workspace, as_json) -> None:
     """Find the stored images nearest to a text (or to an image / store id).
 
     Uses the latest store; when none exists it embeds the latest fine-tuning run's data set first.
@@ -74,6 +76,7 @@ def query(text, image, k, store, run_ref, weights, arch, trust_checkpoint, index
     \b
     Example: clefctl query "lip corner pulled up"
              clefctl query "the lip corners are pulled up" -k 12 --classes --sheet hits.png
+             clefctl query --image me.jpg     (a store of faces: searched with the photo's largest face)
     """
     from clefctl.search import contact_sheet_of_hits, nearest_with_precision, query_image, query_text
     from clefctl.workspace import Workspace
@@ -91,7 +94,12 @@ def query(text, image, k, store, run_ref, weights, arch, trust_checkpoint, index
         hits = query_text(store_path, model, text, k=k, index=index_kind, progress=True)
     else:
         model = store_model(store_path, cfg, weights, arch, trust_checkpoint, workspace)
-        hits = query_image(store_path, model, image, k=k, index=index_kind, progress=True)
+        hits = query_image(store_path, model, image, k=k, index=index_kind, progress=True,
+                           face=False if whole_image else None)
+        if hits.attrs.get("query_face") is not None and not as_json:
+            x, y, w, h = hits.attrs["query_face"]
+            click.echo(f"searching with the largest face of {image} (x {x}, y {y}, {w}x{h} px; --whole-image for "
+                       f"all of it)", err=True)
     if sheet:
         contact_sheet_of_hits(hits, sheet, title=text or image)
     cols = ["rank", "score", "id", "labels", "subject", "path", "source", "frame", "timestamp", "face_id"]
@@ -101,6 +109,9 @@ def query(text, image, k, store, run_ref, weights, arch, trust_checkpoint, index
     if as_json:
         records = hit_records(hits, cols)
         out = {"query": text or image, "store": str(store_path), "hits": records}
+        if image is not None:
+            face = hits.attrs.get("query_face")
+            out["query_face"] = list(face) if face is not None else None
         if near is not None:
             out["classes"] = near
         click.echo(json.dumps(out, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
