@@ -75,6 +75,11 @@ def test_embed_a_video_then_query_says_where_each_hit_is(media, tmp_path, capsys
     assert code == 0, err
     whole = json.loads(out)
     assert whole["query_face"] is None
+    # explain reads a stored video face back from its frame
+    code, out, err = _cli(["explain", video[0]["id"], "--store", doc["store"], "--checkpoint", "random", "--text",
+                           "a smiling face", "--out", tmp_path / "why.png", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["face"] == "stored box" and (tmp_path / "why.png").stat().st_size > 1000
 
 
 def test_an_interrupted_embed_resumes_to_the_same_store(media, tmp_path, monkeypatch):

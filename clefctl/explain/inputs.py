@@ -117,32 +117,55 @@ def _read_image(path: Path):
         raise ClefError(f"cannot read the image ({exc})", path=path) from None
 
 
+def _stored_row(image_id: str, store: str):
+    """(file, face box or None, video frame (1-based) or None) of a store row given by its id."""
+    from clefctl.data.faces import is_video
+    from clefctl.store import EmbeddingStore
+
+    with EmbeddingStore.open(store) as st:
+        row = st.row_of(image_id)
+        meta = st.metadata([row]).iloc[0]
+    if not meta["path"]:
+        raise ClefError(f"stored image {image_id!r} has no image file (it was embedded from memory)", path=store)
+    path = Path(meta["path"])
+    box = None
+    if int(meta["box_w"]) > 0:
+        box = (int(meta["box_x"]), int(meta["box_y"]), int(meta["box_w"]), int(meta["box_h"]))
+    frame = None
+    if is_video(path):  # a face of `embed PATH...`: its frame of the video
+        if not int(meta["frame"]) >= 1:
+            raise ClefError(f"stored face {image_id!r} of a video has no frame number", path=store)
+        frame = int(meta["frame"])
+    return path, box, frame
+
+
+def _read_video_frame(path: Path, frame: int):
+    from PIL import Image
+
+    from clefctl.data.faces import read_frame
+
+    if not path.exists():
+        raise ClefError("video not found", path=path)
+    return Image.fromarray(read_frame(path, frame))
+
+
 def load_face(image: str, model_size: int, crop: bool | None = None, store: str | None = None) -> Face:
     """Open ``image`` (a file, or with ``store`` an image id of that embedding store) as RGB.
 
     ``crop=True``: crop the largest face with :class:`clefctl.data.faces.FaceCropper` (an error
     when none is found); ``False``: never; ``None`` (default): look for a face only when the image
     is larger than twice the model input, and use the whole image when none is found
-    (``Face.face`` "none found", with a ``warning``). Stored images are cut to their stored face box.
+    (``Face.face`` "none found", with a ``warning``). Stored images (and the frames of stored video faces)
+    are cut to their stored face box.
     """
     path = Path(image).expanduser()
-    box = None
+    box, frame = None, None
     if not path.is_file() and store:
-        from clefctl.store import EmbeddingStore
-
-        with EmbeddingStore.open(store) as st:
-            row = st.row_of(str(image))
-            meta = st.metadata([row]).iloc[0]
-        if not meta["path"]:
-            raise ClefError(f"stored image {image!r} has no image file (it was embedded from memory)",
-                            path=store)
-        path = Path(meta["path"])
-        if int(meta["box_w"]) > 0:
-            box = (int(meta["box_x"]), int(meta["box_y"]), int(meta["box_w"]), int(meta["box_h"]))
+        path, box, frame = _stored_row(str(image), store)
     elif not path.exists():
         hint = "give an image file" + ("" if store else ", or an image id with --store FILE.h5")
         raise ClefError("image not found", path=path, hint=hint)
-    img = _read_image(path)
+    img = _read_image(path) if frame is None else _read_video_frame(path, frame)
     if box is not None:
         from clefctl.data.images import crop_to_box
 
