@@ -306,7 +306,8 @@ def evaluate_checkpoint(checkpoint: str, dataset: str | None = None, split: str 
                         workspace: str | None = None, data_root: str | None = None,
                         dataset_root: str | None = None, device: str | None = None,
                         trust_checkpoint: bool = False, crop_cache: bool = True) -> EvalResult:
-    """Evaluate one fine-tuned checkpoint on a split (``test``/``train``/``val``, or ``all``), on the
+    """Evaluate one fine-tuned checkpoint (a run's ``model.pt`` or an exported folder, ``clefctl export``) on a
+    split (``test``/``train``/``val``, or ``all``; an exported AU model has no folds: ``all``), on the
     frames' face crops when a cache is ready and ``crop_cache`` (a warning when the checkpoint's run
     trained the other way)."""
     from clefctl import reports
@@ -315,7 +316,7 @@ def evaluate_checkpoint(checkpoint: str, dataset: str | None = None, split: str 
 
     choice = Workspace(workspace).resolve_model(checkpoint, stages=("finetune",))
     checkpoint = choice.weights
-    run_dir = Path(checkpoint).parent
+    run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent  # an exported folder: itself
     ck_run = Run(run_dir, "finetune")
     model = choice.load(device, trust_checkpoint=trust_checkpoint)
     meta = model.meta

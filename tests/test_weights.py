@@ -409,3 +409,16 @@ def test_predict_cli_takes_an_exported_folder(trained, env, capsys, synth):
 
     row = pd.read_csv(a).iloc[0]
     assert row.success == 1 and 0 <= row.AU12_p <= 1  # a face was scored, not two empty rows compared
+
+
+def test_evaluate_takes_an_exported_folder(trained, env, capsys, synth):
+    ws, run = trained
+    out = env / "exp-eval"
+    assert run_cli(["export", "--workspace", ws, "--out", str(out)], capsys)[0] == 0
+    scores = []
+    for ck in (str(run.model_path), str(out)):
+        code, stdout, err = run_cli(["evaluate", "--checkpoint", ck, "--split", "all", "--dataset", "bp4d",
+                                     "--dataset-root", synth["au"], "--workspace", ws, "--json"], capsys)
+        assert code == 0, err
+        scores.append(json.loads(stdout)["mean_f1"])
+    assert scores[0] == scores[1]

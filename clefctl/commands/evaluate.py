@@ -12,8 +12,8 @@ import click
               help="Subject-exclusive folds (default: the data set's canonical count, else 3).")
 @click.option("--config", default=None, help="Fine-tuning run whose settings to use (default: the latest).")
 @click.option("--dataset", default=None, help="Evaluate on this data set instead of the run's.")
-@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
-              help="Evaluate one fine-tuned model.pt instead of running the folds.")
+@click.option("--checkpoint", default=None, type=click.Path(),
+              help="Evaluate one fine-tuned model.pt (or a folder from clefctl export) instead of running the folds.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "train", "val", "all"]),
               help="With --checkpoint: the split to score.")
 @click.option("--tune-thresholds", is_flag=True,
