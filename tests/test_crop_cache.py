@@ -219,6 +219,12 @@ def test_cli_prepare_dataset_json_and_usage_errors(frames):
         assert bad.exit_code == 2, (args, bad.output)
     refused = runner.invoke(cli, ["data", "prepare", "--dataset", "rafdb", "--dataset-root", str(root)])
     assert refused.exit_code != 0
+    (root.parent / "data").mkdir()
+    (root.parent / "data" / "BP4D").symlink_to(root)
+    listed = runner.invoke(cli, ["data", "list", "--data-root", str(root.parent / "data"), "--json"])
+    rows = {r["name"]: r for r in json.loads(listed.output)}
+    assert [c["size"] for c in rows["bp4d"]["crop_caches"]] == [96] and rows["bp4d"]["crop_caches"][0]["complete"]
+    assert rows["rafdb"]["faces"] == "aligned" and rows["rafdb"]["crop_caches"] == []
 
 
 def test_evaluate_and_embed_read_the_crops(frames, tmp_path):

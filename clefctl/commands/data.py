@@ -145,6 +145,9 @@ def list_cmd(data_root, as_json) -> None:
                                 else "(pass --dataset-root)")
         click.echo(f"{r['name']:<{width}}  {r['status']:<10}  {where}")
         click.echo(f"{'':<{width}}  {r['description']}")
+        for c in r["crop_caches"]:
+            state = "ready" if c["complete"] else "incomplete (run data prepare again)"
+            click.echo(f"{'':<{width}}  face crops {c['size']} px: {state}, {c['folder']}")
 
 
 def _subject_text(subjects: list[str], limit: int = 40) -> str:

@@ -127,8 +127,17 @@ def describe_datasets(data_root: str | Path | None = None) -> list[dict]:
             status = "missing"
         out.append({"name": spec.name, "description": spec.description, "task": spec.task,
                     "folder": None if folder is None else str(folder), "status": status,
-                    "present": status in ("present", "generated")})
+                    "present": status in ("present", "generated"), "faces": spec.faces,
+                    "crop_caches": _crop_caches(folder) if status == "present" and spec.faces == "frames" else []})
     return out
+
+
+def _crop_caches(folder: Path) -> list[dict]:
+    """The face-crop caches of a data set folder: size, whether complete, where."""
+    from clefctl.data.crops.layout import caches_of
+
+    return [{"size": int(key["size"]), "complete": (f / "complete.json").is_file(), "folder": str(f)}
+            for f, key in caches_of(folder)]
 
 
 def _call(target: str, root, **opts):
