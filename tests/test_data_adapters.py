@@ -438,6 +438,14 @@ def test_sample_dataset_skips_unreadable_images(tmp_path):
     assert ds.skipped == 2
     assert sum("unreadable image" in str(w.message) for w in caught) == 1
     assert item["image"].shape == (3, 4, 6) and item["activity"] == -1
+    import os
+    from unittest import mock
+
+    with mock.patch.dict(os.environ, {"RANK": "1"}), warnings.catch_warnings(record=True) as other_rank:
+        warnings.simplefilter("always")
+        rank1 = SampleDataset(samples, transform=None, classes_count=3, task="fer")
+        assert rank1[0]["index"] == 2 and rank1.skipped == 1    # counted, not said: rank 0 says it
+    assert not [w for w in other_rank if "unreadable image" in str(w.message)]
     assert item["aus"].shape == (3,) and float(item["au_mask"].sum()) == 0
 
 

@@ -144,8 +144,9 @@ class SampleDataset(Dataset):
     the next readable one is served instead (wrapping around). ``"mark"`` (evaluation and
     inference, where a substitute would score one image under another's id): the item is
     ``{"index": i, "unreadable": True}`` and :func:`collate` leaves it out of the batch. Either
-    way it is counted once in ``.skipped`` and warned about once per dataset. With worker
-    processes each worker keeps its own count (the batches' ``"unreadable"`` lists do not).
+    way it is counted once in ``.skipped`` and warned about once per dataset (under torchrun on
+    rank 0 only: ``$RANK``). With worker processes each worker keeps its own count and warns once
+    (the batches' ``"unreadable"`` lists do not).
 
     ``decode_size``: JPEG files are decoded reduced as long as the face (or the image) keeps that
     many pixels on its shorter side (:func:`read_reduced`; :func:`decode_size_for` of the model). The
@@ -187,6 +188,8 @@ class SampleDataset(Dataset):
         self._bad.add(index)
         if not self._warned:
             self._warned = True
+            if os.environ.get("RANK", "0").strip() not in ("", "0"):  # torchrun: rank 0 speaks (its workers too)
+                return
             s = self.samples[index]
             what = "skipped" if self.unreadable == "substitute" else "left out"
             warnings.warn(f"unreadable image {what} ({s.path or s.id}: {exc}); further "
