@@ -154,6 +154,15 @@ def test_evaluate_kfold_under_torchrun_completes_with_one_report(finetuned, synt
     assert sum(f["n_samples"] for f in per_fold) == frames                  # every frame scored once
 
 
+def test_the_ablation_grid_under_torchrun_prints_one_table(tmp_path):
+    """Table 6's grid (2 pre-training and 18 fine-tuning runs, a few steps each) under torchrun: every
+    run's metrics are read after its last barrier, and only rank 0 prints."""
+    rows = _one_json('{"rows": ' + _torchrun(["evaluate", "--ablation", "--epochs", "0.05", "--workspace",
+                                              str(tmp_path / "ws"), "--no-progress", "--json"], tmp_path).stdout + "}")
+    assert len(rows["rows"]) == 9 and all(r["au_f1"] is not None and r["fer_acc"] is not None for r in rows["rows"])
+    assert len(_runs(tmp_path / "ws", "pretrain")) == 2 and len(_runs(tmp_path / "ws", "finetune")) == 18
+
+
 def test_the_slurm_example_starts_one_torchrun_per_node_with_the_global_batch_split(tmp_path):
     script = Path(__file__).resolve().parent.parent / "examples" / "slurm_finetune.sh"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}

@@ -52,6 +52,10 @@ def evaluate(k, config, dataset, checkpoint, split, tune_thresholds, ablation, e
     if ablation:
         rows = ev.run_ablation(workspace=workspace, progress=not no_progress and not as_json,
                                train_overrides={"epochs": epochs} if epochs else None)
+        from clefctl.distributed import is_main
+
+        if not is_main():  # torchrun: every rank trained the grid; rank 0 prints it
+            return
         if as_json:
             click.echo(json.dumps(rows, indent=2))
         else:
