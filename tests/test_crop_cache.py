@@ -265,3 +265,29 @@ def test_a_large_whole_frame_set_without_a_cache_gets_one_hint(frames, monkeypat
     assert f"clefctl data prepare --dataset bp4d --dataset-root {root}" in err
     bundle.samples = bundle.samples[:10]                   # a small set: no hint
     assert crop_cache_for(bundle, 64) is None and capsys.readouterr().err == ""
+
+
+def test_disfa_png_frames_are_cropped_too(tmp_path, cache_env):
+    """DISFA's layout: {subject}/{frame}.png and ActionUnit_Labels/{subject}/{subject}_au{k}.txt."""
+    from clefctl.data.disfa import DISFA_AUS
+
+    src = tmp_path / "src"
+    truth = write_frame_dataset(src, subjects=("SN001", "SN002"), tasks=("T1",), frames=4)
+    root = tmp_path / "DISFA"
+    for subject in ("SN001", "SN002"):
+        (root / subject).mkdir(parents=True)
+        labels = root / "ActionUnit_Labels" / subject
+        labels.mkdir(parents=True)
+        for n in range(1, 5):
+            cv2.imwrite(str(root / subject / f"{n:05d}.png"), cv2.imread(str(src / subject / "T1" / f"{n}.jpg")))
+        for au in DISFA_AUS:
+            (labels / f"{subject}_au{au}.txt").write_text("".join(f"{n},{n % 4}\n" for n in range(1, 5)))
+    report = prepare_dataset("disfa", root=root, settings=SMALL, workers=1, progress=False)
+    assert report.frames == 8 and report.counts["face"] == 8
+    entries = _entries(Path(report.cache))
+    assert min(iou(entries[f"{s}/{n:05d}.png"][1], truth[f"{s}/T1/{n}.jpg"]) for s in ("SN001", "SN002")
+               for n in range(1, 5)) > 0.5
+    bundle = load_dataset("disfa", root=root)
+    cache = crop_cache_for(bundle, 64, announce=False)
+    crops = cache.apply(bundle.samples)
+    assert len(crops) == 8 and all(s.path.endswith(".jpg") and Path(s.path).is_file() for s in crops)
