@@ -245,8 +245,12 @@ def prepare(c: Check) -> dict:
 
     root = c.tmp / "BP4D"
     size = c.size((1040, 1392, 520), (260, 348, 150))
-    write_frame_dataset(root, subjects=("F001", "F002"), tasks=("T1", "T2"), frames=c.size(80, 3), width=size[0],
+    write_frame_dataset(root, subjects=("F001",), tasks=("T1",), frames=c.size(80, 3), width=size[0],
                         height=size[1], face=size[2], quality=92, noise=3)
+    occ = root / "AUCoding" / "AU_OCC"
+    for k in range(2, c.size(41, 4)):  # more subjects, copies of the first: enough frames to time many workers
+        shutil.copytree(root / "F001", root / f"F{k:03d}")
+        shutil.copyfile(occ / "F001_T1.csv", occ / f"F{k:03d}_T1.csv")
     report = prepare_dataset("bp4d", root=root, progress=False)
     return {"frames": report.frames, "workers": report.workers, "frames_per_s": report.frames_per_s,
             "frames_per_s_per_worker": report.frames_per_s / max(1, report.workers), "counts": report.counts}
@@ -274,7 +278,7 @@ def markdown(result: dict) -> str:
     row("finetune_amp", lambda e: f"held-out AU F1 {e['held_out_mean_f1']:.1f} after {e['steps']} steps "
         f"({e['autocast']}), loss {e['first_loss']:.2f} -> {e['last_loss']:.2f}")
     row("prepare", lambda e: f"{e['frames_per_s']:.0f} frames/s with {e['workers']} workers "
-        f"({e['frames_per_s_per_worker']:.0f} a worker; {e['frames']} frames of 1040x1392)")
+        f"({e['frames_per_s_per_worker']:.0f} a worker, pool start included; {e['frames']} frames of 1040x1392)")
     peaks = [e.get(k) for e in s.values() for k in ("peak_gpu_gib", "max_batch_peak_gib") if e.get(k)]
     lines.append(f"| peak GPU memory | {max(peaks):.1f} GiB |  |" if peaks else "| peak GPU memory | n/a |  |")
     return "\n".join(lines) + "\n"

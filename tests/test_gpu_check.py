@@ -22,7 +22,7 @@ def test_the_gpu_check_writes_json_and_a_table_on_the_cpu(tmp_path):
     assert result["dry_run"] is True and set(result["steps"]) == {"environment", "faiss", "prepare"}
     assert all(step["ok"] for step in result["steps"].values())
     assert result["steps"]["faiss"]["recall_at_10"] > 0.5 and result["steps"]["environment"]["torch"]
-    assert result["steps"]["prepare"]["counts"]["face"] == 12 and result["steps"]["prepare"]["frames_per_s"] > 0
+    assert result["steps"]["prepare"]["counts"]["face"] == 9 and result["steps"]["prepare"]["frames_per_s"] > 0
     table = (tmp_path / "out" / "gpu_check.md").read_text()
     assert "| faiss | faiss " in table and "| train_step | not run |" in table and "DRY RUN" in table
     assert (tmp_path / "out" / "gpu_check.log").is_file() and "unpacked" not in done.stdout
