@@ -320,3 +320,25 @@ def test_read_frame_gives_the_frame_the_pipeline_numbered(tmp_path, astronaut):
     assert int(np.argmin(errors)) == 3
     with pytest.raises(ClefError, match="no frame 9"):
         read_frame(video, 9)
+
+
+def test_the_dark_face_search_finds_faces_the_cascade_misses_and_loses_none():
+    from clefctl.data.faces.detect import HaarDetector
+    from clefctl.data.faces.scenes import skin_tone_photos
+    from clefctl.errors import ClefError
+
+    def hit(det, rgb, box):
+        return any(abs(d.box[0] - box[0]) < box[2] / 2 and abs(d.box[1] - box[1]) < box[3] / 2
+                   for d in det.detect(rgb))
+    photos = skin_tone_photos(20)
+    plain, dark = HaarDetector.for_photos(), HaarDetector.for_photos()
+    plain.dark = "off"
+    assert dark.describe()["dark"] == "merge" and HaarDetector.for_frames().dark == "fallback"
+    seen = [hit(plain, rgb, box) for _, rgb, box in photos]
+    assert not all(seen)                                   # the cascade misses some (the darker ones)
+    missed = [(lum, rgb, box) for (lum, rgb, box), s in zip(photos, seen) if not s]
+    assert max(lum for lum, _, _ in missed) < 150          # ... and they are darker-skinned
+    assert any(hit(dark, rgb, box) for _, rgb, box in missed)
+    assert all(hit(dark, rgb, box) for (_, rgb, box), s in zip(photos, seen) if s)   # nothing lost
+    with pytest.raises(ClefError, match="dark-face search"):
+        HaarDetector(dark="sometimes")

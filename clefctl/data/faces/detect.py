@@ -26,6 +26,10 @@ _MAX_SIDE = 1024       # larger images are always downscaled at least to this (b
 _WINDOW = 24           # the frontal-face cascade's window side in pixels
 
 
+DARK_GAMMA = 0.45      # the dark-face search's gamma: grey levels v -> 255 * (v / 255) ** 0.45
+_DARK_LUT = (np.linspace(0.0, 1.0, 256) ** DARK_GAMMA * 255.0).round().astype(np.uint8)
+
+
 @dataclass
 class Detection:
     """One face: ``box`` (x, y, w, h; float source pixels), ``confidence`` in [0, 1] and the
@@ -91,13 +95,16 @@ class HaarDetector(Detector):
     ``equalise``: the contrast normalisation of the copy, ``"hist"`` (global histogram
     equalisation, what :class:`FaceCropper` uses) or ``"clahe"`` (contrast-limited, in 8 x 8
     tiles: it keeps faces against bright or uneven backgrounds, where the global one flattens them).
+    ``dark``: a second search of a gamma-brightened copy (:data:`DARK_GAMMA`), for the darker-skinned
+    faces the cascades miss most: ``"off"``, ``"fallback"`` (only when the first search finds no face)
+    or ``"merge"`` (always; its faces that do not overlap the first search's are added).
     """
 
     name = "opencv-haar"
 
     def __init__(self, *, scale_factor: float = 1.1, min_neighbors: int = 5, min_face: float = 1 / 20,
                  min_size: int | None = None, window: float | None = None, fallback: bool = True,
-                 equalise: str = "hist"):
+                 equalise: str = "hist", dark: str = "off"):
         if scale_factor <= 1.0:
             raise ClefError(f"the detector's scale factor must be > 1, got {scale_factor}")
         if not 0 < min_face <= 1:
@@ -115,33 +122,39 @@ class HaarDetector(Detector):
         self._cascades = [load_cascade("haarcascade_frontalface_default.xml")]
         if fallback:
             self._cascades.append(load_cascade("haarcascade_frontalface_alt2.xml"))
+        if dark not in ("off", "fallback", "merge"):
+            raise ClefError(f"unknown dark-face search {dark!r}", hint="use off, fallback or merge")
+        self.dark = dark
 
     @classmethod
-    def for_video(cls) -> "HaarDetector":
+    def for_video(cls, dark: bool = True) -> "HaarDetector":
         """The video setting: scale factor 1.2, faces from 1/8 of the shorter side, on a copy
-        reduced so that such a face spans 1.1 cascade windows; CLAHE; no fallback cascade."""
+        reduced so that such a face spans 1.1 cascade windows; CLAHE; no fallback cascade; the
+        dark-face search merged in (``dark=False``: without it)."""
         return cls(scale_factor=1.2, min_neighbors=4, min_face=1 / 8, window=1.1, fallback=False,
-                   equalise="clahe")
+                   equalise="clahe", dark="merge" if dark else "off")
 
     @classmethod
     def for_photos(cls) -> "HaarDetector":
         """The photo setting: scale factor 1.1, faces from 1/20 of the shorter side, at full
-        resolution (up to 1024 pixels), CLAHE, the fallback cascade when the first finds none."""
-        return cls(equalise="clahe")
+        resolution (up to 1024 pixels), CLAHE, the fallback cascade when the first finds none, the
+        dark-face search merged in."""
+        return cls(equalise="clahe", dark="merge")
 
     @classmethod
     def for_frames(cls) -> "HaarDetector":
         """The recorded-frame setting (``clefctl data prepare --dataset``: BP4D, DISFA, one subject
         filling much of a camera frame): scale factor 1.1, faces from 1/6 of the shorter side, on a
         copy reduced so that such a face spans 1.25 cascade windows (~150x200 pixels for a
-        1040x1392 frame), CLAHE, the fallback cascade when the first finds none."""
+        1040x1392 frame), CLAHE, the fallback cascade when the first finds none, then the dark-face
+        search when neither does."""
         return cls(scale_factor=1.1, min_neighbors=5, min_face=1 / 6, window=1.25, fallback=True,
-                   equalise="clahe")
+                   equalise="clahe", dark="fallback")
 
     def describe(self) -> dict:
         return {"name": self.name, "scale_factor": self.scale_factor, "min_neighbors": self.min_neighbors,
                 "min_face": round(self.min_face, 4), "min_size": self.min_size, "window": self.window,
-                "fallback": self.fallback, "equalise": self.equalise}
+                "fallback": self.fallback, "equalise": self.equalise, "dark": self.dark}
 
     def _smallest_face(self, shape) -> float:
         return float(self.min_size) if self.min_size is not None else min(shape[:2]) * self.min_face
@@ -164,18 +177,34 @@ class HaarDetector(Detector):
                                   interpolation=cv2.INTER_AREA)
         return (self._clahe.apply(grey) if self._clahe is not None else cv2.equalizeHist(grey)), scale, pad
 
-    def detect_raw(self, grey: np.ndarray):
-        """``(copy, scale, pad, [(rect in copy pixels, neighbours)])``, largest first."""
-        work, scale, pad = self.detection_image(grey)
-        min_side = max(20, round(self._smallest_face(grey.shape) * scale))
+    def _search(self, work: np.ndarray, min_side: int) -> list:
+        """[(rect in ``work``'s pixels, neighbours)] of the first cascade that finds any, largest first."""
         for k, clf in enumerate(self._cascades):
             neighbours = self.min_neighbors if k == 0 else max(1, self.min_neighbors - 2)
             rects, counts = clf.detectMultiScale2(work, scaleFactor=self.scale_factor, minNeighbors=neighbours,
                                                   minSize=(min_side, min_side))
             if len(rects):
                 order = sorted(range(len(rects)), key=lambda i: -int(rects[i][2] * rects[i][3]))
-                return work, scale, pad, [(rects[i], float(counts[i])) for i in order]
-        return work, scale, pad, []
+                return [(rects[i], float(counts[i])) for i in order]
+        return []
+
+    def detect_raw(self, grey: np.ndarray):
+        """``(copy, scale, pad, [(rect in copy pixels, neighbours)])``, largest first (the copy is the
+        first search's; the dark-face search's copy has the same scale and padding)."""
+        work, scale, pad = self.detection_image(grey)
+        min_side = max(20, round(self._smallest_face(grey.shape) * scale))
+        found = self._search(work, min_side)
+        if self.dark == "merge" or (self.dark == "fallback" and not found):
+            bright, _, _ = self.detection_image(cv2.LUT(grey, _DARK_LUT))
+            extra = self._search(bright, min_side)
+            if extra and found:  # keep the second search's faces that the first did not find
+                from clefctl.data.faces.track import iou_matrix
+
+                iou = iou_matrix(np.array([f[0] for f in extra]), np.array([g[0] for g in found]))
+                extra = [f for f, row in zip(extra, iou) if row.max() < 0.3]
+            if extra:
+                found = sorted(found + extra, key=lambda f: -int(f[0][2] * f[0][3]))
+        return work, scale, pad, found
 
     @staticmethod
     def to_source(rect, scale: float, pad: int) -> tuple[float, float, float, float]:

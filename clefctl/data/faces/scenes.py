@@ -71,7 +71,7 @@ def face_sprites(people: int, *, size: int = 112, variants: int = 4, seed: int =
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     ell = ((xx - size * 0.5) / (size * 0.40)) ** 2 + ((yy - size * 0.52) / (size * 0.50)) ** 2
     alpha = cv2.GaussianBlur(np.clip((1.15 - ell) * 4.0, 0, 1).astype(np.float32), (0, 0), size / 40)
-    detector = HaarDetector.for_video() if detectable else None
+    detector = HaarDetector.for_video(dark=False) if detectable else None  # the screening of the first scenes
     out: list[list[Sprite]] = []
     tried = 0
     while len(out) < people:
@@ -283,3 +283,28 @@ def write_frame_dataset(root: str | os.PathLike, *, subjects: tuple[str, ...] = 
             occ.parent.mkdir(parents=True, exist_ok=True)
             occ.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return truth
+
+
+def skin_tone_photos(n: int, *, face: int = 120, width: int = 360, height: int = 300,
+                     seed: int = 1) -> list[tuple[float, np.ndarray, tuple[int, int, int, int]]]:
+    """``n`` photos of one synthetic face each, identities drawn over the renderer's whole range of
+    skin tones (none screened out): ``(skin luminance 0-255, RGB photo, face box)``. For measuring
+    detection by skin tone (``benchmarks/detect_skin.py``)."""
+    from clefctl.data.synthetic.identity import Pose, make_identity
+    from clefctl.data.synthetic.render import render_face
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:face, 0:face].astype(np.float32)
+    ell = ((xx - face * 0.5) / (face * 0.40)) ** 2 + ((yy - face * 0.52) / (face * 0.50)) ** 2
+    alpha = cv2.GaussianBlur(np.clip((1.15 - ell) * 4.0, 0, 1).astype(np.float32), (0, 0), face / 40)
+    bg = background(width, height, 0)
+    x, y = (width - face) // 2, (height - face) // 2
+    out = []
+    for k in range(n):
+        idn = make_identity(f"P{k:03d}", rng)
+        img, _ = render_face(idn, aus={12: 1.0 * (k % 3)}, pose=Pose(), size=face, seed=k)
+        canvas = bg.copy()
+        paste(canvas, Sprite(np.asarray(img), alpha, (0, 0, face, face)), x, y)
+        r, g, b = idn.skin
+        out.append((0.299 * r + 0.587 * g + 0.114 * b, canvas, (x, y, face, face)))
+    return out
