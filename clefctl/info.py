@@ -88,6 +88,7 @@ def collect() -> dict:
         "locations": {
             "data_root": str(paths.data_root().resolve()),
             "cache": str(paths.cache_dir()),
+            "crop_cache": str(_crop_cache_base()),
             "workspace": str(paths.workspace_dir().resolve()),
         },
         "prompts": _safe(prompt_sets, None),
@@ -98,3 +99,9 @@ def collect() -> dict:
             "paper_architecture": "ViT-B-16 (ViT-B-16-quickgelu for FaRL/OpenAI weights)",
         },
     }
+
+
+def _crop_cache_base():
+    from clefctl.data.crops.layout import cache_base
+
+    return cache_base()

@@ -45,6 +45,9 @@ def test_info_json_is_truthful():
     assert info["faiss"]["build"] == ("gpu" if hasattr(faiss, "StandardGpuResources") else "cpu")
     assert "bp4d" in info["prompts"]["sets"] and "rafdb" in info["datasets"]
     assert {"clef-tiny", "clef-small"} <= set(info["models"]["clefctl_configs"])
+    from clefctl.data.crops import cache_base
+
+    assert info["locations"]["crop_cache"] == str(cache_base())
 
 
 @pytest.mark.parametrize("argv, fragment", [
