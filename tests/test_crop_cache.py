@@ -291,3 +291,30 @@ def test_disfa_png_frames_are_cropped_too(tmp_path, cache_env):
     cache = crop_cache_for(bundle, 64, announce=False)
     crops = cache.apply(bundle.samples)
     assert len(crops) == 8 and all(s.path.endswith(".jpg") and Path(s.path).is_file() for s in crops)
+
+
+def test_a_manifest_of_photos_is_cropped_with_the_photo_setting(tmp_path, cache_env):
+    from PIL import Image
+    from skimage import data as skdata
+
+    from clefctl.data.faces.scenes import group_photo
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(skdata.astronaut()).save(folder / "astronaut.jpg")
+    rgb, boxes = group_photo(3, width=480, height=240, face=110, seed=5)
+    Image.fromarray(rgb).save(folder / "group.jpg")
+    Image.fromarray(background(300, 200, 3)).save(folder / "empty.jpg")
+    csv = folder / "list.csv"
+    csv.write_text("path,subject,label\nastronaut.jpg,a,happy\ngroup.jpg,b,sad\nempty.jpg,c,happy\n")
+    report = prepare_dataset("manifest", root=csv, settings=SMALL, workers=1, progress=False)
+    assert report.counts == {"face": 2, "neighbour": 0, "no_face": 1, "unreadable": 0}   # no borrowed boxes
+    assert report.no_face == ["empty.jpg"]
+    key = json.loads((Path(report.cache) / "key.json").read_text())
+    assert key["setting"] == "photos" and key["detector"]["min_face"] == round(1 / 20, 4)
+    entries = _entries(Path(report.cache))
+    assert max(iou(entries["group.jpg"][1], b) for b in boxes) > 0.5
+    bundle = load_dataset("manifest", root=csv)
+    cache = crop_cache_for(bundle, 64, announce=False)
+    with pytest.warns(UserWarning, match="1 training frame without a face crop"):
+        assert len(cache.apply(bundle.samples)) == 2

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +115,7 @@ def prepare_dataset(name: str, *, root: str | os.PathLike | None = None, data_ro
     """Crop every frame of data set ``name`` into its face-crop cache; resumable (see the module doc).
 
     ``mode``/``max_frames``: the adapter's options (``mode="pretrain"``: the frames pre-training reads).
+    A manifest's or folder's images are searched with the photo setting (``settings.setting``).
     ``workers``: processes (default every usable core, :func:`clefctl.distributed.worker_count`).
     """
     from clefctl.data import get_spec, load_dataset
@@ -128,6 +129,8 @@ def prepare_dataset(name: str, *, root: str | os.PathLike | None = None, data_ro
         raise ClefError(f"{spec.name} needs no face-crop cache: {_NOT_FRAMES[spec.faces]}", hint="train on it directly")
     bundle = load_dataset(name, root=root, data_root=data_root, **opts)
     check_preparable(bundle)
+    if spec.faces == "photos" and settings.setting == "frames":  # the user's own photos: faces of any size
+        settings = replace(settings, setting="photos")
     items = frames_of(bundle)
     if not items:
         raise ClefError(f"{bundle.name} lists no image files to crop", path=bundle.root)

@@ -45,19 +45,28 @@ _OUTSIDE = "_outside"
 
 @dataclass(frozen=True)
 class CropSettings:
-    """What a crop depends on besides the frame: output side, margin, eye alignment."""
+    """What a crop depends on besides the image: output side, margin, eye alignment, and the detector's
+    setting: ``"frames"`` (camera frames with one large face: :meth:`HaarDetector.for_frames`) or
+    ``"photos"`` (a manifest's or folder's own photos, faces from 1/20 of the shorter side:
+    :meth:`HaarDetector.for_photos`)."""
 
     size: int = DEFAULT_SIZE
     margin: float = DEFAULT_MARGIN
     align: bool = True
+    setting: str = "frames"
 
     def detector(self):
         from clefctl.data.faces.detect import HaarDetector
 
-        return HaarDetector.for_frames()
+        if self.setting not in ("frames", "photos"):
+            from clefctl.errors import ClefError
+
+            raise ClefError(f"unknown detector setting {self.setting!r}", hint="use frames or photos")
+        return HaarDetector.for_frames() if self.setting == "frames" else HaarDetector.for_photos()
 
     def to_dict(self) -> dict:
-        return {"size": int(self.size), "margin": float(self.margin), "align": bool(self.align)}
+        return {"size": int(self.size), "margin": float(self.margin), "align": bool(self.align),
+                "setting": self.setting}
 
 
 def cache_base() -> Path:

@@ -2,13 +2,15 @@
 
 Runs in worker processes (spawned: this module imports no torch). Per frame: the JPEG is decoded
 reduced in the DCT (PIL ``draft``) so that its shorter side keeps at least twice the crop size
-(1/2 for a 1040x1392 BP4D frame and 256 px crops); the frame-setting Haar detector
-(:meth:`~clefctl.data.faces.detect.HaarDetector.for_frames`) searches a copy reduced further; the
-eye cascade levels the largest face (:class:`~clefctl.data.faces.align.EyeAligner`); the square
+(1/2 for a 1040x1392 BP4D frame and 256 px crops); the Haar detector in the frame setting
+(:meth:`~clefctl.data.faces.detect.HaarDetector.for_frames`; a manifest's photos: ``for_photos``)
+searches a copy reduced further; the eye cascade levels the largest face
+(:class:`~clefctl.data.faces.align.EyeAligner`); the square
 crop (:func:`~clefctl.data.faces.align.crop_square`) is cut from the reduced frame, or from the full
 one when the face is too small there for the crop size; the box is kept in full-resolution pixels.
 A frame without a detected face takes the box and angle of the nearest frame of the same run that
-has one, within :data:`~clefctl.data.crops.layout.NEIGHBOUR_GAP` frames (status ``neighbour``).
+has one, within :data:`~clefctl.data.crops.layout.NEIGHBOUR_GAP` frames (status ``neighbour``); a
+photo (the photo setting) never does.
 """
 
 from __future__ import annotations
@@ -101,7 +103,8 @@ def crop_run(job: dict) -> Entries:
         box_full = tuple(v / scale for v in hit[0])
         _write(rgb, scale, path, box_full, hit[1], out / crop_rel(rel))
         rows.append([rel, size, mtime, STATUS_FACE, tuple(int(round(v)) for v in box_full), round(hit[1], 2)])
-    _fill_from_neighbours(rows, pending, dict(job["items"]), out)
+    if s.setting == "frames":  # a recording's neighbouring frame shows the same face; a folder of photos does not
+        _fill_from_neighbours(rows, pending, dict(job["items"]), out)
     return Entries.from_rows([tuple(r) for r in rows])
 
 
