@@ -152,7 +152,8 @@ def crop_rel(rel: str) -> str:
     ``.jpg``; a source outside the root goes to ``_outside/<hash>.jpg``."""
     if rel.startswith("/"):
         return f"{_OUTSIDE}/{hashlib.sha1(rel.encode('utf-8')).hexdigest()[:20]}.jpg"
-    return str(Path(rel).with_suffix(".jpg").as_posix())
+    stem, ext = os.path.splitext(rel)  # string work, not Path: ~0.3 us a frame (BP4D+ has 1.5M)
+    return (stem if ext and "/" not in ext else rel) + ".jpg"
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +44,13 @@ class CropCache:
         before = len(self.left_out)
         samples = list(samples)
         rels = sample_rels(self.root, [s.path for s in samples])
-        crops = self.folder / "crops"
+        crops = str(self.folder / "crops") + "/"
+        cropped = np.isin(self.entries.status, (STATUS_FACE, STATUS_NEIGHBOUR)).tolist()
         out = []
         for s, rel in zip(samples, rels):
             i = self.rows.get(rel)
-            if i is not None and self.entries.status[i] in (STATUS_FACE, STATUS_NEIGHBOUR):
-                out.append(replace(s, path=str(crops / crop_rel(rel)), box=None))
+            if i is not None and cropped[i]:
+                out.append(_pointing_at(s, crops + crop_rel(rel)))
             else:
                 self.left_out.append(s.id)
         n = len(self.left_out) - before
@@ -65,6 +66,21 @@ class CropCache:
     def describe(self) -> dict:
         """For a run's config: which cache, what size, how many frames left out."""
         return {"folder": str(self.folder), "size": self.size, "left_out": len(self.left_out)}
+
+
+_SAMPLE_ORDER = ("id", "subject", "path", "pixels", "activity", "frame", "split", "label", "aus", "au_mask", "box")
+_POSITIONAL: dict = {}   # sample type -> whether its fields are _SAMPLE_ORDER
+
+
+def _pointing_at(s, path: str):
+    """A copy of sample ``s`` reading ``path``, without a box (positional: ~10x faster than
+    ``dataclasses.replace``, which matters for 1.5M frames; ``replace`` should Sample's fields change)."""
+    kind = type(s)
+    if kind not in _POSITIONAL:  # checked once a type
+        _POSITIONAL[kind] = tuple(f.name for f in fields(s)) == _SAMPLE_ORDER
+    if not _POSITIONAL[kind]:
+        return replace(s, path=path, box=None)
+    return type(s)(s.id, s.subject, path, s.pixels, s.activity, s.frame, s.split, s.label, s.aus, s.au_mask, None)
 
 
 def _prepare_line(bundle) -> str:
