@@ -159,6 +159,16 @@ def test_training_reads_the_crops_and_says_so(frames, tmp_path, capsys):
         samples = cache.apply(bundle.samples)
     assert len(samples) == 59 and all(s.path.startswith(str(cache.folder / "crops")) for s in samples)
     assert {s.id for s in bundle.samples} - {s.id for s in samples} == set(cache.left_out)
+    import dataclasses
+
+    by_id = {s.id: s for s in bundle.samples}
+    for s in samples[:5]:                                   # every field kept but the path (and no box)
+        before = by_id[s.id]
+        for f in dataclasses.fields(s):
+            if f.name not in ("path", "box"):
+                a, b = getattr(s, f.name), getattr(before, f.name)
+                assert (np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b), f.name
+        assert s.box is None
 
     def train(**kw):
         opts = FinetuneOptions(dataset="bp4d", dataset_root=str(root), init=None, workspace=str(tmp_path / "ws"),
