@@ -216,7 +216,7 @@ def evaluate_kfold(k: int | None = None, config: str | None = None, workspace: s
         model, scored = _score_run(run, test, task, device, crops=crops)
         fm, frame = _scored_metrics(scored, task, classes, fold_index)
         if task == "au" and tune:
-            tuned_folds.append(_tuned_metrics(run, train, scored, classes, fold_index, device))
+            tuned_folds.append(_tuned_metrics(run, train, scored, classes, fold_index, device, crops))
         fm["fold"] = fold_index
         fm["run"] = run.name
         per_fold.append(fm)
@@ -274,11 +274,12 @@ def _scored_metrics(scored, task: str, classes: list[str], fold):
     return fm, frame
 
 
-def _tuned_metrics(run: Run, train, scored, classes: list[str], fold_index: int, device=None) -> dict:
-    """AU metrics of ``scored`` at per-AU thresholds tuned on the run's TRAINING-fold predictions."""
+def _tuned_metrics(run: Run, train, scored, classes: list[str], fold_index: int, device=None, crops=None) -> dict:
+    """AU metrics of ``scored`` at per-AU thresholds tuned on the run's TRAINING-fold predictions (read as the
+    test fold is: from the face-crop cache when ``crops`` finds one)."""
     from clefctl import metrics
 
-    _, tr = _score_run(run, train, "au", device, what="training")
+    _, tr = _score_run(run, train, "au", device, what="training", crops=crops)
     y_tr, m_tr = _truth(tr.samples, "au")
     th = metrics.tune_thresholds(y_tr, tr.scores, m_tr)
     y, m = _truth(scored.samples, "au")

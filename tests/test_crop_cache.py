@@ -328,3 +328,23 @@ def test_a_manifest_of_photos_is_cropped_with_the_photo_setting(tmp_path, cache_
     cache = crop_cache_for(bundle, 64, announce=False)
     with pytest.warns(UserWarning, match="1 training frame without a face crop"):
         assert len(cache.apply(bundle.samples)) == 2
+
+
+def test_kfold_evaluation_scores_and_tunes_on_the_crops(frames, tmp_path):
+    from clefctl.engine import TrainConfig
+    from clefctl.evaluate import evaluate_kfold
+    from clefctl.finetune import FinetuneOptions, run_finetune
+
+    root, _ = frames
+    ws = str(tmp_path / "ws")
+    prepare_dataset("bp4d", root=root, settings=SMALL, workers=1, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_finetune(FinetuneOptions(dataset="bp4d", dataset_root=str(root), init=None, workspace=ws,
+                                     train=TrainConfig(epochs=1, batch_size=8, lr=1e-3, warmup_epochs=0,
+                                                       progress=False)))
+        out = evaluate_kfold(3, workspace=ws, tune=True, progress=False)
+    # every frame is in one test fold: the 12 faceless frames of F004/T2 and the cut-off one are left out
+    assert out.result["skipped"] == 13 and out.result["n_folds"] == 3 and out.result["tuned"]["n_folds"] == 3
+    per_fold = json.loads((out.run.path / "results.json").read_text())["per_fold"]
+    assert sorted(f["n_samples"] for f in per_fold) == [12, 23, 24]       # F004, F003, F001
