@@ -69,6 +69,19 @@ def _entries(folder: Path) -> dict:
     return {r: (STATUS_NAMES[s], tuple(b), float(a)) for r, s, b, a in zip(e.rel.tolist(), e.status, e.box, e.angle)}
 
 
+def _trained(root: Path, ws: str, **kw):
+    """The frames prepared at 96 px, then one fine-tuning epoch of clef-tiny on fold 1 (warnings quiet)."""
+    from clefctl.engine import TrainConfig
+    from clefctl.finetune import FinetuneOptions, run_finetune
+
+    prepare_dataset("bp4d", root=root, settings=SMALL, workers=1, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return run_finetune(FinetuneOptions(dataset="bp4d", dataset_root=str(root), init=None, workspace=ws,
+                                            train=TrainConfig(epochs=1, batch_size=8, lr=1e-3, warmup_epochs=0,
+                                                              progress=False), **kw))
+
+
 def test_prepare_crops_every_frame_and_lists_the_rest(frames):
     root, truth = frames
     report = prepare_dataset("bp4d", root=root, settings=SMALL, workers=1, progress=False)
@@ -147,8 +160,7 @@ def test_killed_prepare_resumes_and_is_never_used_half(frames, cache_env):
 
 
 def test_training_reads_the_crops_and_says_so(frames, tmp_path, capsys):
-    from clefctl.finetune import FinetuneOptions, run_finetune
-    from clefctl.engine import TrainConfig
+    import dataclasses
 
     root, _ = frames
     prepare_dataset("bp4d", root=root, settings=SMALL, workers=1, progress=False)
@@ -159,8 +171,6 @@ def test_training_reads_the_crops_and_says_so(frames, tmp_path, capsys):
         samples = cache.apply(bundle.samples)
     assert len(samples) == 59 and all(s.path.startswith(str(cache.folder / "crops")) for s in samples)
     assert {s.id for s in bundle.samples} - {s.id for s in samples} == set(cache.left_out)
-    import dataclasses
-
     by_id = {s.id: s for s in bundle.samples}
     for s in samples[:5]:                                   # every field kept but the path (and no box)
         before = by_id[s.id]
@@ -170,14 +180,8 @@ def test_training_reads_the_crops_and_says_so(frames, tmp_path, capsys):
                 assert (np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b), f.name
         assert s.box is None
 
-    def train(**kw):
-        opts = FinetuneOptions(dataset="bp4d", dataset_root=str(root), init=None, workspace=str(tmp_path / "ws"),
-                               train=TrainConfig(epochs=1, batch_size=8, lr=1e-3, warmup_epochs=0, progress=False),
-                               **kw)
-        return run_finetune(opts).config()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        used, bypassed = train(), train(crop_cache=False)
+    ws = str(tmp_path / "ws")
+    used, bypassed = _trained(root, ws).config(), _trained(root, ws, crop_cache=False).config()
     assert used["crop_cache"]["folder"] == str(cache.folder) and used["crop_cache"]["size"] == 96
     assert bypassed["crop_cache"] is None
     assert used["train_samples"] < bypassed["train_samples"]   # frames without a crop are left out
@@ -238,19 +242,14 @@ def test_cli_prepare_dataset_json_and_usage_errors(frames):
 
 
 def test_evaluate_and_embed_read_the_crops(frames, tmp_path):
-    from clefctl.engine import TrainConfig
     from clefctl.evaluate import evaluate_checkpoint
-    from clefctl.finetune import FinetuneOptions, run_finetune
     from clefctl.store.embed import EmbedOptions, run_embed
 
     root, _ = frames
     ws = str(tmp_path / "ws")
-    prepare_dataset("bp4d", root=root, settings=SMALL, workers=1, progress=False)
+    run = _trained(root, ws)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run = run_finetune(FinetuneOptions(dataset="bp4d", dataset_root=str(root), init=None, workspace=ws,
-                                           train=TrainConfig(epochs=1, batch_size=8, lr=1e-3, warmup_epochs=0,
-                                                             progress=False)))
         out = evaluate_checkpoint(str(run.model_path), split="all", workspace=ws)
         with pytest.warns(UserWarning, match="trained on face crops but is evaluated on full frames"):
             full = evaluate_checkpoint(str(run.model_path), split="all", workspace=ws, crop_cache=False)
@@ -331,18 +330,13 @@ def test_a_manifest_of_photos_is_cropped_with_the_photo_setting(tmp_path, cache_
 
 
 def test_kfold_evaluation_scores_and_tunes_on_the_crops(frames, tmp_path):
-    from clefctl.engine import TrainConfig
     from clefctl.evaluate import evaluate_kfold
-    from clefctl.finetune import FinetuneOptions, run_finetune
 
     root, _ = frames
     ws = str(tmp_path / "ws")
-    prepare_dataset("bp4d", root=root, settings=SMALL, workers=1, progress=False)
+    _trained(root, ws)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run_finetune(FinetuneOptions(dataset="bp4d", dataset_root=str(root), init=None, workspace=ws,
-                                     train=TrainConfig(epochs=1, batch_size=8, lr=1e-3, warmup_epochs=0,
-                                                       progress=False)))
         out = evaluate_kfold(3, workspace=ws, tune=True, progress=False)
     # every frame is in one test fold: the 12 faceless frames of F004/T2 and the cut-off one are left out
     assert out.result["skipped"] == 13 and out.result["n_folds"] == 3 and out.result["tuned"]["n_folds"] == 3
