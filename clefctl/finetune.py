@@ -174,8 +174,12 @@ def prepare(opts: FinetuneOptions, ws: Workspace) -> StagePlan:
     model, init_desc, init = _init_model(opts, ws)
     opts = replace(opts, init=init)  # stored by name: a resume starts from the same run
     crops = crop_cache_for(bundle, model.image_size, opts.crop_cache)
+    test_left: list[str] = []       # held-out frames without a face crop: counted with the unreadable ones
     if crops:
-        train, test = crops.apply(train), crops.apply(test)
+        train = crops.apply(train)
+        before = len(crops.left_out)
+        test = crops.apply(test, what="held-out")
+        test_left = crops.left_out[before:]
     resolve_defaults(opts.train, model.arch, bundle.name, bundle.task, len(train), dist.world_size())
     check_batches(len(train), opts.train.batch_size, dist.world_size())
     weights = torch.as_tensor(class_weights(train, bundle.task, len(bundle.classes)), dtype=torch.float32) \
@@ -198,7 +202,8 @@ def prepare(opts: FinetuneOptions, ws: Workspace) -> StagePlan:
             "head": opts.head, "fold": opts.fold if folds else None, "prompts_hash": prompts.hash}
 
     def save_results(run: Run, meta: dict, report: dict) -> None:
-        _save_results(run, model, head, prompts, meta, report, test if opts.evaluate else [], bundle, protocol)
+        _save_results(run, model, head, prompts, meta, report, test if opts.evaluate else [], bundle, protocol,
+                      test_left)
 
     def write_folds(run: Run) -> None:
         from clefctl.data.folds import save_folds
@@ -241,9 +246,10 @@ def run_finetune(opts: FinetuneOptions) -> Run:
 
 
 def _save_results(run: Run, model: ClefModel, head, prompts, meta: dict, report: dict, test, bundle,
-                  protocol: str) -> None:
+                  protocol: str, test_left: list[str] = ()) -> None:
     """model.pt (with the name embeddings, or the linear head) and, with test samples, test_metrics.json
-    (which also counts the unreadable training images skipped) and its ``test`` record in metrics.jsonl.
+    (which also counts the unreadable training images skipped; its ``skipped`` counts the held-out images
+    left out: unreadable, or ``test_left``, without a face crop) and its ``test`` record in metrics.jsonl.
     Called on every rank: under torchrun the held-out images are scored in shards, one per rank
     (:func:`clefctl.scoring.predict_scores`), and rank 0 writes the files."""
     from clefctl.paths import write_json_atomic
@@ -258,6 +264,7 @@ def _save_results(run: Run, model: ClefModel, head, prompts, meta: dict, report:
     if not test:
         return
     scores = predict_scores(model, test, {k: v.cpu() for k, v in extras.items()}, bundle.task)
+    scores.skipped.extend(test_left)
     if not dist.is_main():
         return
     summary = quick_metrics(test, scores, bundle.task, bundle.classes)

@@ -248,6 +248,8 @@ def test_evaluate_and_embed_read_the_crops(frames, tmp_path):
     root, _ = frames
     ws = str(tmp_path / "ws")
     run = _trained(root, ws)
+    held_out = json.loads((run.path / "test_metrics.json").read_text())     # fold 1 tests on F004
+    assert held_out["skipped"] == 12 and held_out["n_samples"] == 12 and "F004/T2/1" in held_out["skipped_ids"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = evaluate_checkpoint(str(run.model_path), split="all", workspace=ws)
