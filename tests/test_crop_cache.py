@@ -344,3 +344,25 @@ def test_kfold_evaluation_scores_and_tunes_on_the_crops(frames, tmp_path):
     assert out.result["skipped"] == 13 and out.result["n_folds"] == 3 and out.result["tuned"]["n_folds"] == 3
     per_fold = json.loads((out.run.path / "results.json").read_text())["per_fold"]
     assert sorted(f["n_samples"] for f in per_fold) == [12, 23, 24]       # F004, F003, F001
+
+
+def test_ctrl_c_keeps_the_finished_runs_and_says_how_to_go_on(frames, monkeypatch):
+    from clefctl.data.crops import worker
+    from clefctl.errors import Interrupted
+
+    root, _ = frames
+    real, calls = worker.crop_run, []
+
+    def interrupted_on_the_third(job):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(job)
+    monkeypatch.setattr(worker, "crop_run", interrupted_on_the_third)
+    with pytest.raises(Interrupted, match="run the same clefctl data prepare again"):
+        prepare_dataset("bp4d", root=root, settings=SMALL, workers=1, chunk=4, progress=False)
+    folder = cache_folder(root, SMALL)
+    assert len(list((folder / "chunks").glob("*.npz"))) == 2 and not (folder / "complete.json").exists()
+    monkeypatch.setattr(worker, "crop_run", real)
+    again = prepare_dataset("bp4d", root=root, settings=SMALL, workers=1, chunk=4, progress=False)
+    assert again.reused == 8 and again.cropped_now == 64 and (folder / "complete.json").exists()
