@@ -113,9 +113,7 @@ def _score_with_crops(model, samples, extras: dict, task: str, crops, what: str)
     cache = crops(model.image_size) if crops is not None else None
     left = []
     if cache is not None:
-        before = len(cache.left_out)
-        samples = cache.apply(samples, what=what)
-        left = cache.left_out[before:]
+        samples, left = cache.partition(samples, what=what)
     scored = predict_scores(model, samples, extras, task)
     scored.skipped.extend(left)
     return scored

@@ -177,9 +177,7 @@ def prepare(opts: FinetuneOptions, ws: Workspace) -> StagePlan:
     test_left: list[str] = []       # held-out frames without a face crop: counted with the unreadable ones
     if crops:
         train = crops.apply(train)
-        before = len(crops.left_out)
-        test = crops.apply(test, what="held-out")
-        test_left = crops.left_out[before:]
+        test, test_left = crops.partition(test, what="held-out")
     resolve_defaults(opts.train, model.arch, bundle.name, bundle.task, len(train), dist.world_size())
     check_batches(len(train), opts.train.batch_size, dist.world_size())
     weights = torch.as_tensor(class_weights(train, bundle.task, len(bundle.classes)), dtype=torch.float32) \

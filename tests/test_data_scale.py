@@ -43,6 +43,13 @@ def _mixed_samples() -> list[Sample]:
     return out
 
 
+def test_a_sample_reading_another_file_keeps_every_other_field():
+    for a in _mixed_samples():
+        b = a.reading("/cache/crops/x.jpg")
+        assert b.path == "/cache/crops/x.jpg" and b.box is None
+        _same(dataclasses.replace(a, path=b.path, box=None), b)
+
+
 def test_sample_table_gives_back_every_field_and_is_compact(tmp_path):
     samples = _mixed_samples()
     table = SampleTable.from_samples(samples)

@@ -50,6 +50,13 @@ class Sample:
     au_mask: np.ndarray | None = None  # AU: float32 (C,), 1 = coded, 0 = not coded (BP4D's 9)
     box: tuple[int, int, int, int] | None = None  # face box x, y, w, h in the image
 
+    def reading(self, path: str) -> "Sample":
+        """This sample read from another image file (its face crop: no box), every label kept. Built
+        positionally, ~5x faster than ``dataclasses.replace`` (the face-crop cache maps 1.5M frames);
+        keep the order of the fields above."""
+        return Sample(self.id, self.subject, path, self.pixels, self.activity, self.frame, self.split, self.label,
+                      self.aus, self.au_mask, None)
+
 
 @dataclass
 class DatasetBundle:

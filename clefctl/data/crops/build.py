@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clefctl.data.crops.layout import (STATUS_FACE, STATUS_NAMES, STATUS_NEIGHBOUR, CropSettings, Entries, cache_folder,
-                                       cache_key, crop_rel, read_chunks, read_key, sample_rels)
+from clefctl.data.crops.layout import (STATUS_NAMES, STATUS_NO_FACE, STATUS_UNREADABLE, CropSettings, Entries,
+                                       bundle_frames, cache_folder, cache_key, is_fresh, read_chunks, read_key)
 from clefctl.errors import ClefError, Interrupted
 from clefctl.paths import FileLock, write_json_atomic, write_text_atomic
 
@@ -65,12 +65,6 @@ def check_preparable(bundle) -> None:
                         path=bundle.root)
 
 
-def frames_of(bundle) -> list[tuple[str, str]]:
-    """Distinct (rel, path) pairs of the bundle's image files, in the bundle's order."""
-    paths = [str(s.path) for s in bundle.samples if s.path is not None]
-    return list(dict(zip(sample_rels(bundle.root, paths), paths)).items()) if paths else []
-
-
 def _runs(items: list[tuple[str, str]], chunk: int) -> list[list[tuple[str, str]]]:
     """Consecutive frames of one folder, at most ``chunk`` a run."""
     runs, current, folder = [], [], None
@@ -87,26 +81,10 @@ def _runs(items: list[tuple[str, str]], chunk: int) -> list[list[tuple[str, str]
 
 
 def _changed(done: Entries, items: list[tuple[str, str]], folder: Path) -> list[tuple[str, str]]:
-    """The items without an entry, whose file's size or modification time differs from it, or whose crop
-    file is missing (deleted, or lost in a power cut: crops are not fsynced one by one)."""
+    """The items without an entry, or whose entry no longer holds (:func:`~clefctl.data.crops.layout.is_fresh`)."""
     known = {rel: i for i, rel in enumerate(done.rel.tolist())}
-    crops = str(folder / "crops") + os.sep
-    todo = []
-    for rel, path in items:
-        i = known.get(rel)
-        if i is None:
-            todo.append((rel, path))
-            continue
-        try:
-            st = os.stat(path)
-            same = st.st_size == done.size[i] and st.st_mtime_ns == done.mtime[i]
-        except OSError:
-            same = done.status[i] == STATUS_NAMES.index("unreadable")
-        if same and done.status[i] in (STATUS_FACE, STATUS_NEIGHBOUR):
-            same = os.path.exists(crops + crop_rel(rel))
-        if not same:
-            todo.append((rel, path))
-    return todo
+    return [(rel, path) for rel, path in items
+            if (i := known.get(rel)) is None or not is_fresh(done, i, path, folder)]
 
 
 def prepare_dataset(name: str, *, root: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
@@ -131,7 +109,7 @@ def prepare_dataset(name: str, *, root: str | os.PathLike | None = None, data_ro
     check_preparable(bundle)
     if spec.faces == "photos" and settings.setting == "frames":  # the user's own photos: faces of any size
         settings = replace(settings, setting="photos")
-    items = frames_of(bundle)
+    items = bundle_frames(bundle)
     if not items:
         raise ClefError(f"{bundle.name} lists no image files to crop", path=bundle.root)
     folder = cache_folder(bundle.root, settings)
@@ -161,15 +139,16 @@ def _prepare_locked(bundle, folder: Path, settings: CropSettings, items, workers
     report = DatasetPrepareReport(dataset=bundle.name, cache=str(folder), size=settings.size, frames=len(items),
                                   reused=len(items) - len(todo), cropped_now=len(todo), workers=n_workers)
     t0 = time.perf_counter()
-    _crop_runs(runs, folder, settings, n_workers, next_id, progress, bundle.name)
+    new = _crop_runs(runs, folder, settings, n_workers, next_id, progress, bundle.name)
     report.seconds = round(time.perf_counter() - t0, 3)
-    _finish(folder, key, base_rels={rel for rel, _ in items}, report=report)
+    _finish(folder, key, Entries.merge([done, *new]), {rel for rel, _ in items}, report)
     return report
 
 
 def _crop_runs(runs, folder: Path, settings: CropSettings, n_workers: int, next_id: int, progress: bool,
-               label: str) -> None:
-    """Crop ``runs`` (in a pool when ``n_workers`` > 1), one chunk file per run as each finishes."""
+               label: str) -> list[Entries]:
+    """Crop ``runs`` (in a pool when ``n_workers`` > 1), one chunk file per run as each finishes; the
+    runs' entries."""
     from clefctl.data.crops import worker
     from clefctl.ui import progress_bar
 
@@ -177,21 +156,29 @@ def _crop_runs(runs, folder: Path, settings: CropSettings, n_workers: int, next_
     chunks.mkdir(parents=True, exist_ok=True)
     jobs = [{"out": str(folder), "items": run} for run in runs]
     total = sum(len(r) for r in runs)
+    parts: list[Entries] = []
+
+    def keep(k: int, entries: Entries) -> None:
+        entries.save(chunks / f"{next_id + k:06d}.npz")
+        parts.append(entries)
+        bar.advance(len(entries))
     with progress_bar(f"cropping {label} faces", total=total, enabled=progress and total > 0) as bar:
         try:
             if n_workers <= 1:
                 worker.init(settings.to_dict())
                 for k, job in enumerate(jobs):
-                    worker.crop_run(job).save(chunks / f"{next_id + k:06d}.npz")
-                    bar.advance(len(job["items"]))
-                return
-            _pool(jobs, chunks, settings, n_workers, next_id, bar)
+                    keep(k, worker.crop_run(job))
+            else:
+                _pool(jobs, settings, n_workers, keep)
         except KeyboardInterrupt:
             raise Interrupted(f"prepare interrupted; the runs finished so far are kept in {folder}: "
                               f"run the same clefctl data prepare again to go on") from None
+    return parts
 
 
-def _pool(jobs, chunks: Path, settings: CropSettings, n_workers: int, next_id: int, bar) -> None:
+def _pool(jobs, settings: CropSettings, n_workers: int, keep) -> None:
+    """The jobs in a spawned process pool, at most two a worker in flight; ``keep(k, entries)`` for each
+    finished job ``k``, in the order they finish."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -203,36 +190,30 @@ def _pool(jobs, chunks: Path, settings: CropSettings, n_workers: int, next_id: i
         running: dict = {}
         try:
             while queue or running:
-                while queue and len(running) < 2 * n_workers:  # a bounded window: results are written as they come
+                while queue and len(running) < 2 * n_workers:
                     k, job = queue.pop()
-                    running[pool.submit(worker.crop_run, job)] = (k, len(job["items"]))
+                    running[pool.submit(worker.crop_run, job)] = k
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    k, n = running.pop(fut)
-                    fut.result().save(chunks / f"{next_id + k:06d}.npz")
-                    bar.advance(n)
+                    keep(running.pop(fut), fut.result())
         except BaseException:
             for fut in running:
                 fut.cancel()
             raise
 
 
-def _finish(folder: Path, key: dict, base_rels: set, report: DatasetPrepareReport) -> None:
-    """index.npz, the lists and complete.json (last), over the entries of this data set's frames."""
-    merged, _ = read_chunks(folder)
+def _finish(folder: Path, key: dict, merged: Entries, mine_rels: set, report: DatasetPrepareReport) -> None:
+    """index.npz (every entry), the lists and complete.json (last); the report counts this data set's frames."""
     merged.save(folder / "index.npz")
-    mine = np.fromiter((r in base_rels for r in merged.rel.tolist()), bool, len(merged))
-    status = merged.status[mine]
+    mine = np.fromiter((r in mine_rels for r in merged.rel.tolist()), bool, len(merged))
+    status, rels = merged.status[mine], merged.rel[mine]
     report.counts = {name: int((status == i).sum()) for i, name in enumerate(STATUS_NAMES)}
-    rels = merged.rel[mine]
-    report.no_face = sorted(rels[status == STATUS_NAMES.index("no_face")].tolist())
-    report.unreadable = sorted(rels[status == STATUS_NAMES.index("unreadable")].tolist())
-    every = {i: sorted(merged.rel[merged.status == i].tolist()) for i in (2, 3)}
-    write_text_atomic(folder / "no_face.txt", "".join(f"{r}\n" for r in every[2]))
-    write_text_atomic(folder / "unreadable.txt", "".join(f"{r}\n" for r in every[3]))
-    counts_all = {name: int((merged.status == i).sum()) for i, name in enumerate(STATUS_NAMES)}
+    report.no_face = sorted(rels[status == STATUS_NO_FACE].tolist())
+    report.unreadable = sorted(rels[status == STATUS_UNREADABLE].tolist())
+    for name, code in (("no_face.txt", STATUS_NO_FACE), ("unreadable.txt", STATUS_UNREADABLE)):
+        write_text_atomic(folder / name, "".join(f"{r}\n" for r in sorted(merged.rel[merged.status == code].tolist())))
     write_json_atomic(folder / "complete.json", {
-        "key": key, "entries": len(merged), "counts": counts_all, "size": report.size,
+        "key": key, "entries": len(merged), "size": report.size,
+        "counts": {name: int((merged.status == i).sum()) for i, name in enumerate(STATUS_NAMES)},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "last_dataset": report.dataset,
         "last_frames": report.frames})
-

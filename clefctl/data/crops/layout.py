@@ -147,6 +147,12 @@ def sample_rels(root: Path, paths) -> list[str]:
     return out
 
 
+def bundle_frames(bundle) -> list[tuple[str, str]]:
+    """Distinct (path relative to the crop base, path) pairs of the bundle's image files, in its order."""
+    paths = [str(s.path) for s in bundle.samples if s.path is not None]
+    return list(dict(zip(sample_rels(bundle.root, paths), paths)).items()) if paths else []
+
+
 def crop_rel(rel: str) -> str:
     """The crop's path under ``crops/`` for a source path from :func:`source_rel`: the same path as a
     ``.jpg``; a source outside the root goes to ``_outside/<hash>.jpg``."""
@@ -212,6 +218,21 @@ class Entries:
         _, first_in_reversed = np.unique(whole.rel[::-1], return_index=True)
         keep = np.sort(len(whole) - 1 - first_in_reversed)
         return cls(**{f: getattr(whole, f)[keep] for f in cls.FIELDS})
+
+
+def is_fresh(entries: "Entries", i: int, path: str, folder: Path) -> bool:
+    """Whether entry ``i`` still holds for the source file ``path``: the file has the size and
+    modification time it had when cropped (a file that was unreadable and is now gone counts as
+    unchanged), and a cropped entry's crop file exists under ``folder`` (deleted, or lost in a power
+    cut: crops are not fsynced one by one)."""
+    try:
+        st = os.stat(path)
+        same = st.st_size == entries.size[i] and st.st_mtime_ns == entries.mtime[i]
+    except OSError:
+        same = entries.status[i] == STATUS_UNREADABLE
+    if same and entries.status[i] in (STATUS_FACE, STATUS_NEIGHBOUR):
+        same = os.path.exists(os.path.join(folder, "crops", crop_rel(entries.rel[i])))
+    return bool(same)
 
 
 def chunk_files(folder: Path) -> list[Path]:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from clefctl.data.crops.layout import STATUS_FACE, STATUS_NEIGHBOUR, Entries, caches_of, crop_rel, sample_rels
+from clefctl.data.crops.layout import (STATUS_FACE, STATUS_NEIGHBOUR, Entries, bundle_frames, caches_of, crop_rel,
+                                       is_fresh, sample_rels)
 
 STALE_SAMPLE = 256
 HINT_MIN_FRAMES = 1000   # below this many frames the cache is not worth suggesting
@@ -38,49 +39,37 @@ class CropCache:
     root: Path
     left_out: list[str] = field(default_factory=list)   # ids of samples without a crop
 
-    def apply(self, samples: list, what: str = "training") -> list:
-        """``samples`` whose frames have a crop, each pointing at it (no box); the others are left out, their
-        ids added to :attr:`left_out` and counted in one warning line (``what`` names the samples)."""
-        before = len(self.left_out)
+    def partition(self, samples, what: str = "training") -> tuple[list, list[str]]:
+        """(``samples`` whose frames have a crop, each reading it (:meth:`Sample.reading`), the ids of the
+        others): those are added to :attr:`left_out` and counted in one warning line (``what`` names them)."""
         samples = list(samples)
         rels = sample_rels(self.root, [s.path for s in samples])
         crops = str(self.folder / "crops") + "/"
         cropped = np.isin(self.entries.status, (STATUS_FACE, STATUS_NEIGHBOUR)).tolist()
-        out = []
+        kept, left = [], []
         for s, rel in zip(samples, rels):
             i = self.rows.get(rel)
             if i is not None and cropped[i]:
-                out.append(_pointing_at(s, crops + crop_rel(rel)))
+                kept.append(s.reading(crops + crop_rel(rel)))
             else:
-                self.left_out.append(s.id)
-        n = len(self.left_out) - before
-        if n:
+                left.append(s.id)
+        self.left_out += left
+        if left:
             from clefctl.distributed import is_main
 
             if is_main():
-                warnings.warn(f"{n} {what} frame{'s' if n != 1 else ''} without a face crop left out (first: "
-                              f"{self.left_out[before]}; {self.folder}/no_face.txt and unreadable.txt list them)",
-                              stacklevel=2)
-        return out
+                warnings.warn(f"{len(left)} {what} frame{'s' if len(left) != 1 else ''} without a face crop left "
+                              f"out (first: {left[0]}; {self.folder}/no_face.txt and unreadable.txt list them)",
+                              stacklevel=3)
+        return kept, left
+
+    def apply(self, samples, what: str = "training") -> list:
+        """The samples of :meth:`partition` that have a crop."""
+        return self.partition(samples, what)[0]
 
     def describe(self) -> dict:
         """For a run's config: which cache, what size, how many frames left out."""
         return {"folder": str(self.folder), "size": self.size, "left_out": len(self.left_out)}
-
-
-_SAMPLE_ORDER = ("id", "subject", "path", "pixels", "activity", "frame", "split", "label", "aus", "au_mask", "box")
-_POSITIONAL: dict = {}   # sample type -> whether its fields are _SAMPLE_ORDER
-
-
-def _pointing_at(s, path: str):
-    """A copy of sample ``s`` reading ``path``, without a box (positional: ~10x faster than
-    ``dataclasses.replace``, which matters for 1.5M frames; ``replace`` should Sample's fields change)."""
-    kind = type(s)
-    if kind not in _POSITIONAL:  # checked once a type
-        _POSITIONAL[kind] = tuple(f.name for f in fields(s)) == _SAMPLE_ORDER
-    if not _POSITIONAL[kind]:
-        return replace(s, path=path, box=None)
-    return type(s)(s.id, s.subject, path, s.pixels, s.activity, s.frame, s.split, s.label, s.aus, s.au_mask, None)
 
 
 def _prepare_line(bundle) -> str:
@@ -105,23 +94,10 @@ def _complete(folder: Path) -> dict | None:
         return None
 
 
-def _stale(folder: Path, entries: Entries, rows: dict[str, int], rels: list[str], paths: dict[str, str]) -> list[str]:
-    """Up to STALE_SAMPLE frames, spread over ``rels``, whose file or crop changed since the prepare."""
-    picks = sorted(set(np.linspace(0, len(rels) - 1, min(STALE_SAMPLE, len(rels))).astype(int).tolist()))
-    bad = []
-    for k in picks:
-        rel = rels[k]
-        i = rows[rel]
-        try:
-            st = os.stat(paths[rel])
-            same = st.st_size == entries.size[i] and st.st_mtime_ns == entries.mtime[i]
-        except OSError:
-            same = False
-        if same and entries.status[i] in (STATUS_FACE, STATUS_NEIGHBOUR):
-            same = (folder / "crops" / crop_rel(rel)).is_file()
-        if not same:
-            bad.append(rel)
-    return bad
+def _stale(folder: Path, entries: Entries, rows: dict[str, int], frames: list[tuple[str, str]]) -> list[str]:
+    """Up to STALE_SAMPLE of ``frames`` ((rel, path), spread over them) whose entry no longer holds."""
+    picks = sorted(set(np.linspace(0, len(frames) - 1, min(STALE_SAMPLE, len(frames))).astype(int).tolist()))
+    return [frames[k][0] for k in picks if not is_fresh(entries, rows[frames[k][0]], frames[k][1], folder)]
 
 
 def _pick(bundle, image_size: int):
@@ -177,17 +153,15 @@ def _checked(bundle, folder: Path, record: dict, speak: bool) -> CropCache | Non
                           f"rebuild it with `{_prepare_line(bundle)}`", stacklevel=3)
         return None
     rows = {rel: i for i, rel in enumerate(entries.rel.tolist())}
-    paths = [str(s.path) for s in bundle.samples if s.path is not None]
-    by_rel = dict(zip(sample_rels(bundle.root, paths), paths))
-    rels = list(by_rel)
-    missing = [r for r in rels if r not in rows]
+    frames = bundle_frames(bundle)
+    missing = [rel for rel, _ in frames if rel not in rows]
     if missing:
         if speak:
-            warnings.warn(f"the face-crop cache {folder} lacks {len(missing)} of the {len(rels)} frames of this "
+            warnings.warn(f"the face-crop cache {folder} lacks {len(missing)} of the {len(frames)} frames of this "
                           f"job (first: {missing[0]}): full frames are read; add them with "
                           f"`{_prepare_line(bundle)}`", stacklevel=3)
         return None
-    stale = _stale(folder, entries, rows, rels, by_rel) if rels else []
+    stale = _stale(folder, entries, rows, frames) if frames else []
     if stale:
         if speak:
             warnings.warn(f"the face-crop cache {folder} is stale: {len(stale)} of the sampled frames changed "

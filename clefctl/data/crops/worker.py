@@ -24,6 +24,8 @@ from PIL import Image
 
 from clefctl.data.crops.layout import (NEIGHBOUR_GAP, STATUS_FACE, STATUS_NEIGHBOUR, STATUS_NO_FACE,
                                        STATUS_UNREADABLE, CropSettings, Entries, crop_rel)
+from clefctl.data.faces.align import crop_square
+from clefctl.data.images import read_reduced
 
 _STATE: dict = {}
 
@@ -38,8 +40,6 @@ def init(settings: dict) -> None:
 
 
 def _decode(path: str, min_side: int | None):
-    from clefctl.data.images import read_reduced
-
     img, scale = read_reduced(path, min_side)
     return np.asarray(img), scale
 
@@ -62,8 +62,6 @@ def _find(rgb: np.ndarray):
 def _write(rgb: np.ndarray, scale: float, path: str, box_full, angle: float, target: Path) -> None:
     """Cut the crop for ``box_full`` (full-resolution pixels) from ``rgb`` (the frame at ``scale``),
     decoding the frame in full first when the face has fewer pixels there than the crop."""
-    from clefctl.data.faces.align import crop_square
-
     s: CropSettings = _STATE["settings"]
     side = max(box_full[2], box_full[3]) * (1 + 2 * s.margin) * scale
     if side < s.size and scale < 1.0:
