@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from clefctl.data.faces.track import iou_matrix
 from clefctl.errors import ClefError
 
 _SMALL_SIDE = 128      # images with a shorter side below this are upscaled for detection
@@ -195,11 +196,10 @@ class HaarDetector(Detector):
         min_side = max(20, round(self._smallest_face(grey.shape) * scale))
         found = self._search(work, min_side)
         if self.dark == "merge" or (self.dark == "fallback" and not found):
+            # brightened at full resolution, then reduced: brightening the reduced copy finds fewer faces
             bright, _, _ = self.detection_image(cv2.LUT(grey, _DARK_LUT))
             extra = self._search(bright, min_side)
             if extra and found:  # keep the second search's faces that the first did not find
-                from clefctl.data.faces.track import iou_matrix
-
                 iou = iou_matrix(np.array([f[0] for f in extra]), np.array([g[0] for g in found]))
                 extra = [f for f, row in zip(extra, iou) if row.max() < 0.3]
             if extra:
