@@ -230,7 +230,7 @@ def previous_query(store: str, index_path: str, weights: str) -> None:
     import faiss
 
     from clefctl.model import create
-    from clefctl.search import _encode, hits_frame
+    from clefctl.search.queries import _encode, hits_frame
     from clefctl.store import EmbeddingStore
 
     model = create("ViT-B-16", weights)

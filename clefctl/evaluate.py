@@ -323,7 +323,8 @@ def evaluate_checkpoint(checkpoint: str, dataset: str | None = None, split: str 
         raise ClefError("not a fine-tuned clefctl checkpoint (no class-name embeddings)", path=checkpoint,
                         hint="evaluate the model.pt of a `clefctl finetune` run")
     name = dataset or meta["dataset"]
-    opts = ck_run.config().get("options", {}) if (run_dir / "config.yaml").is_file() else {}
+    run_cfg = ck_run.config() if (run_dir / "config.yaml").is_file() else {}
+    opts = run_cfg.get("options", {})
     bundle = load_dataset(name, root=dataset_root or opts.get("dataset_root"),
                           data_root=data_root or opts.get("data_root"))
     if bundle.classes != meta["classes"]:
@@ -345,7 +346,7 @@ def evaluate_checkpoint(checkpoint: str, dataset: str | None = None, split: str 
         raise ClefError(f"no samples in split {split!r} of {bundle.name}")
     what = "test" if split == "test" else f"{split}-split"
     crops = _crop_finder(bundle, crop_cache)
-    _warn_crop_mismatch(ck_run.config() if opts else {}, crops(model.image_size))
+    _warn_crop_mismatch(run_cfg, crops(model.image_size))
     scored = _readable(_score_with_crops(model, samples, model.load_report.extras, bundle.task, crops, what), what)
     result, predictions = _scored_metrics(scored, bundle.task, bundle.classes, None)
     result.update(dataset=bundle.name, protocol=f"one checkpoint, split {split}", checkpoint=str(checkpoint))

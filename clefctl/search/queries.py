@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -13,7 +12,7 @@ import numpy as np
 
 from clefctl.errors import ClefError
 from clefctl.store.format import EmbeddingStore
-from clefctl.store.layout import unit_rows
+from clefctl.store.layout import is_face_image_set, unit_rows
 from clefctl.store.index import IndexParams, index_for_query
 
 log = logging.getLogger(__name__)
@@ -158,9 +157,9 @@ def query_text_vectors(store: EmbeddingStore, model, texts: Sequence[str], *, ca
 
 
 def face_store(st: EmbeddingStore) -> bool:
-    """Whether the store's rows are face crops cut from larger images: the faces of photos and videos
-    (``embed PATH...``: image set ``media-...``) or a data set's face-crop cache (``...-cropsNNN``)."""
-    return st.image_set.startswith("media-") or re.search(r"-crops\d+$", st.image_set) is not None
+    """Whether the store's rows are face crops cut from larger images (``embed PATH...``'s faces or a data
+    set's face-crop cache: :func:`clefctl.store.layout.is_face_image_set`)."""
+    return is_face_image_set(st.image_set)
 
 
 def query_image(store, model, image: str | os.PathLike, k: int = 10, *, index: str = "auto",

@@ -557,6 +557,7 @@ def run_embed(opts: EmbedOptions) -> EmbedResult:
     from clefctl.data import load_dataset
     from clefctl.data.crops import crop_cache_for
     from clefctl.paths import write_json_atomic
+    from clefctl.store.layout import crop_image_set
     from clefctl.store.index.run import index_after_embed
     from clefctl.workspace import Run, Workspace
 
@@ -572,7 +573,7 @@ def run_embed(opts: EmbedOptions) -> EmbedResult:
     crops = crop_cache_for(bundle, model.image_size, opts.crop_cache)
     if crops:  # rows are the crops (their own image set: a store never mixes crops and frames)
         bundle.samples = crops.apply(bundle.samples, what="embedding")
-        image_set = f"{image_set}-crops{crops.size}"
+        image_set = crop_image_set(image_set, crops.size)
     run_dir = embed_run_dir(ws, model.fingerprint, image_set) if opts.out is None else Path(opts.out).parent
     store_path = run_dir / STORE_NAME if opts.out is None else Path(opts.out)
     if distributed.is_main():

@@ -5,6 +5,8 @@ HDF5 variable-length strings) and reading rows in any order."""
 
 from __future__ import annotations
 
+import re
+
 import json
 import os
 import uuid
@@ -26,6 +28,20 @@ STRING_COLUMNS = ("id", "path", "subject", "activity", "split")
 # per-row columns of faces found in photos and videos (embed PATH...); stores made before they
 # existed lack them and read as "none" (timestamp NaN, face_id -1)
 MEDIA_COLUMNS = {"timestamp": (np.float64, np.nan), "face_id": (np.int32, -1)}
+
+
+MEDIA_PREFIX = "media-"        # image sets of `embed PATH...`: the faces of photos and videos
+
+
+def crop_image_set(image_set: str, size: int) -> str:
+    """The image set of a data set's images read from its face-crop cache: ``bp4d-crops256``."""
+    return f"{image_set}-crops{int(size)}"
+
+
+def is_face_image_set(image_set: str) -> bool:
+    """Whether an image set's rows are face crops cut from larger images (``embed PATH...``'s faces or a
+    face-crop cache's crops)."""
+    return image_set.startswith(MEDIA_PREFIX) or re.search(r"-crops\d+$", image_set) is not None
 
 
 def grow(ds, rows: int) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 from clefctl.errors import ClefError
 from clefctl.store.embed import STORE_NAME, EmbedReport, EmbedResult, _check_compatible, embed_run_dir
 from clefctl.store.format import EmbeddingStore
+from clefctl.store.layout import MEDIA_PREFIX
 from clefctl.store.layout import STRING_COLUMNS, Columns, normalise
 
 
@@ -37,7 +38,7 @@ def media_image_set(files, every: int, max_frames: int | None) -> str:
     of a hash of the absolute paths in order, ``every`` and ``max_frames`` (the same inputs give
     the same store, so a rerun resumes it)."""
     key = json.dumps({"files": [os.path.abspath(f) for f in files], "every": every, "max_frames": max_frames})
-    return "media-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+    return MEDIA_PREFIX + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
 
 
 def _names(files) -> dict[str, str]:
