@@ -62,8 +62,9 @@ def prepare_rate(root: Path, cache: Path) -> tuple[float, list[Path]]:
     report = prepare_dataset("bp4d", root=root, workers=1, progress=False)
     if report.counts.get("face", 0) != report.frames:
         raise SystemExit(f"the detector missed faces in the benchmark frames: {report.counts}")
-    crops = crop_cache_for(load_dataset("bp4d", root=root), SIZE, announce=False)
-    samples = sorted(crops.apply(load_dataset("bp4d", root=root).samples), key=lambda s: s.frame)
+    bundle = load_dataset("bp4d", root=root)
+    crops = crop_cache_for(bundle, SIZE, announce=False)
+    samples = sorted(crops.apply(bundle.samples), key=lambda s: s.frame)
     return report.frames_per_s, [Path(s.path) for s in samples]
 
 

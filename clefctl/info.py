@@ -62,6 +62,7 @@ def _safe(fn, default):
 def collect() -> dict:
     """The full report as a JSON-safe dict."""
     from clefctl import model
+    from clefctl.data.crops.layout import cache_base as crop_cache_base
 
     versions = {"clefctl": __version__, "python": platform.python_version()}
     for dist in ("torch", "torchvision", "open_clip_torch", "faiss-cpu", "faiss-gpu-cu12", "h5py", "numpy",
@@ -88,7 +89,7 @@ def collect() -> dict:
         "locations": {
             "data_root": str(paths.data_root().resolve()),
             "cache": str(paths.cache_dir()),
-            "crop_cache": str(_crop_cache_base()),
+            "crop_cache": str(crop_cache_base()),
             "workspace": str(paths.workspace_dir().resolve()),
         },
         "prompts": _safe(prompt_sets, None),
@@ -100,8 +101,3 @@ def collect() -> dict:
         },
     }
 
-
-def _crop_cache_base():
-    from clefctl.data.crops.layout import cache_base
-
-    return cache_base()

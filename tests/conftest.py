@@ -28,3 +28,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """A maker of class folders of random 36 px PNGs (the ``folder`` data set): ``image_folder(n)`` writes
+    tmp_path/imgs/{happy,sad}/0..n-1.png (seed 3) and returns tmp_path/imgs."""
+    def make(per_class: int):
+        import numpy as np
+        from PIL import Image
+
+        rng = np.random.default_rng(3)
+        for cls in ("happy", "sad"):
+            (tmp_path / "imgs" / cls).mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(
+                    tmp_path / "imgs" / cls / f"{i}.png")
+        return tmp_path / "imgs"
+    return make

@@ -186,7 +186,7 @@ def test_nearest_classes_finds_the_class_of_its_own_prompt(model):
     assert list(res["rank"]) == [1, 2, 3] and len(res) == 3
 
 
-def test_embed_and_query_commands(tmp_path):
+def test_embed_and_query_commands(tmp_path, image_folder):
     import json
 
     from click.testing import CliRunner
@@ -194,12 +194,7 @@ def test_embed_and_query_commands(tmp_path):
     from clefctl.commands.embed import embed
     from clefctl.commands.query import query
 
-    rng = np.random.default_rng(3)
-    for cls in ("happy", "sad"):
-        (tmp_path / "imgs" / cls).mkdir(parents=True)
-        for i in range(6):
-            Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(
-                tmp_path / "imgs" / cls / f"{i}.png")
+    image_folder(6)
     ws = str(tmp_path / "ws")
     args = ["--dataset", "folder", "--dataset-root", str(tmp_path / "imgs"), "--weights", "random",
             "--arch", "clef-tiny", "--workspace", ws, "--batch-size", "4", "--chunk-size", "4",

@@ -458,16 +458,11 @@ def test_writer_lock_is_exclusive(tmp_path):
     assert S.WriterLock(path).try_acquire()
 
 
-def test_run_embed_returns_the_run_and_writes_its_files(tmp_path):
+def test_run_embed_returns_the_run_and_writes_its_files(tmp_path, image_folder):
     from clefctl.store.embed import STORE_NAME, EmbedOptions, run_embed
     from clefctl.workspace import Run, Workspace
 
-    rng = np.random.default_rng(3)
-    for cls in ("happy", "sad"):
-        (tmp_path / "imgs" / cls).mkdir(parents=True)
-        for i in range(5):
-            Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(
-                tmp_path / "imgs" / cls / f"{i}.png")
+    image_folder(5)
     ws = str(tmp_path / "ws")
     opts = EmbedOptions(dataset="folder", dataset_root=str(tmp_path / "imgs"), weights="random", arch="clef-tiny",
                         workspace=ws, batch_size=4, chunk_size=4, workers=0, progress=False)

@@ -53,6 +53,13 @@ def _detected(sprite: Sprite, detector) -> bool:
     return bool(detector.detect(canvas))
 
 
+def face_alpha(size: int) -> np.ndarray:
+    """The feathered elliptical mask (float32 0-1) that blends a ``size`` x ``size`` rendered face."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    ell = ((xx - size * 0.5) / (size * 0.40)) ** 2 + ((yy - size * 0.52) / (size * 0.50)) ** 2
+    return cv2.GaussianBlur(np.clip((1.15 - ell) * 4.0, 0, 1).astype(np.float32), (0, 0), size / 40)
+
+
 def face_sprites(people: int, *, size: int = 112, variants: int = 4, seed: int = 0,
                  detectable: bool = True) -> list[list[Sprite]]:
     """``variants`` renders (from neutral to a broad smile with dropped jaw) of ``people``
@@ -68,9 +75,7 @@ def face_sprites(people: int, *, size: int = 112, variants: int = 4, seed: int =
     from clefctl.data.synthetic.render import render_face
 
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    ell = ((xx - size * 0.5) / (size * 0.40)) ** 2 + ((yy - size * 0.52) / (size * 0.50)) ** 2
-    alpha = cv2.GaussianBlur(np.clip((1.15 - ell) * 4.0, 0, 1).astype(np.float32), (0, 0), size / 40)
+    alpha = face_alpha(size)
     detector = HaarDetector.for_video(dark=False) if detectable else None  # the screening of the first scenes
     out: list[list[Sprite]] = []
     tried = 0
@@ -294,9 +299,7 @@ def skin_tone_photos(n: int, *, face: int = 120, width: int = 360, height: int =
     from clefctl.data.synthetic.render import render_face
 
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:face, 0:face].astype(np.float32)
-    ell = ((xx - face * 0.5) / (face * 0.40)) ** 2 + ((yy - face * 0.52) / (face * 0.50)) ** 2
-    alpha = cv2.GaussianBlur(np.clip((1.15 - ell) * 4.0, 0, 1).astype(np.float32), (0, 0), face / 40)
+    alpha = face_alpha(face)
     bg = background(width, height, 0)
     x, y = (width - face) // 2, (height - face) // 2
     out = []
