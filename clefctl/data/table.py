@@ -73,6 +73,13 @@ class _Column:
         return sum(a.nbytes for a in self.arrays().values())
 
 
+def _with_nones(values: list, none: np.ndarray) -> list:
+    """``values`` with None where the field's ``none`` mask is set."""
+    if not none.any():
+        return values
+    return [None if flag else v for v, flag in zip(values, none.tolist())]
+
+
 class _NoneColumn(_Column):
     kind = "none"
 
@@ -144,9 +151,7 @@ class _Strings(_Column):
             out = [text[o[i]:o[i + 1]] for i in range(n)]
         else:
             out = [self._bytes[o[i]:o[i + 1]].decode("utf-8", "surrogateescape") for i in range(n)]
-        if self.none.any():
-            out = [None if flag else v for v, flag in zip(out, self.none.tolist())]
-        return out
+        return _with_nones(out, self.none)
 
 
 class _Numbers(_Column):
@@ -184,9 +189,7 @@ class _Numbers(_Column):
         out = self.values.tolist()  # Python ints / floats already
         if self.python == "tuple":
             out = [tuple(v) for v in out]
-        if self.none.any():
-            out = [None if flag else v for v, flag in zip(out, self.none.tolist())]
-        return out
+        return _with_nones(out, self.none)
 
 
 class _Stacked(_Column):
@@ -229,9 +232,7 @@ class _Stacked(_Column):
             arr.flags.writeable = False
             shared.append(arr)
         out = [shared[k] for k in inverse.reshape(-1).tolist()]
-        if self.none.any():
-            out = [None if flag else v for v, flag in zip(out, self.none.tolist())]
-        return out
+        return _with_nones(out, self.none)
 
 
 class _Ragged(_Column):
