@@ -142,7 +142,7 @@ def test_stores_without_the_face_columns_still_read(tmp_path):
         assert st.count == 3
 
 
-def test_a_media_store_index_is_tuned_on_the_models_prompt_texts():
+def test_a_media_store_index_is_tuned_on_the_texts_of_the_models_data_set():
     from types import SimpleNamespace
 
     from clefctl.store.media import media_prompts
