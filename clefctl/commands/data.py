@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from clefctl.commands.types import Finite
+
 
 @click.group("data")
 def data() -> None:
@@ -30,7 +32,7 @@ def data() -> None:
               help="With --dataset (BP4D layouts): pretrain crops the frames pre-training reads.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="With INPUTS: output folder for crops/ and faces.csv.")
-@click.option("--size", default=None, type=click.IntRange(min=16),
+@click.option("--size", default=None, type=click.IntRange(min=16, max=1024),
               help="Side of the square crops in pixels (default 224 for INPUTS, 256 for --dataset).")
 @click.option("--workers", default=None, type=click.IntRange(min=1),
               help="With --dataset: processes (default every usable core).")
@@ -39,7 +41,7 @@ def data() -> None:
 @click.option("--max-frames", default=None, type=click.IntRange(min=1),
               help="At most this many frames per video; with --dataset --mode pretrain, the frames "
                    "pre-training samples (as pretrain --max-frames).")
-@click.option("--margin", default=0.25, show_default=True, type=click.FloatRange(min=0),
+@click.option("--margin", default=0.25, show_default=True, type=Finite(min=0, max=4),
               help="Context around the face box on each side, as a fraction of the box.")
 @click.option("--no-align", is_flag=True, help="Do not rotate crops to level the eyes.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")

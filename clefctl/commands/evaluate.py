@@ -6,6 +6,8 @@ import json
 
 import click
 
+from clefctl.commands.types import POSITIVE
+
 
 @click.command("evaluate")
 @click.option("--folds", "k", type=int, default=None,
@@ -19,7 +21,7 @@ import click
 @click.option("--tune-thresholds", is_flag=True,
               help="Also report per-AU thresholds tuned on each TRAINING fold (labelled row).")
 @click.option("--ablation", is_flag=True, help="Run the Table 6 grid (PA, PI, I, N, D) on synthetic-au/-fer.")
-@click.option("--epochs", type=float, default=None, help="Ablation: epochs per run (default: the stages').")
+@click.option("--epochs", type=POSITIVE, default=None, help="Ablation: epochs per run (default: the stages').")
 @click.option("--trust-checkpoint", is_flag=True,
               help="--checkpoint: allow full unpickling of a trusted file (never taken from a config file).")
 @click.option("--data-root", default=None, envvar="CLEF_DATA_ROOT")

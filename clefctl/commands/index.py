@@ -7,6 +7,7 @@ import json
 
 import click
 
+from clefctl.commands.types import ByteSize, Finite
 from clefctl.store.index.kinds import INDEX_KINDS
 
 
@@ -39,12 +40,13 @@ def index() -> None:
 @click.option("--run", "run_ref", default=None, help="Embed run name or folder.")
 @click.option("--kind", default="auto", show_default=True, type=click.Choice(list(INDEX_KINDS)),
               help="Index family (auto: exact below 100k rows, else the most accurate that fits --budget).")
-@click.option("--budget", default=None, help="Most memory the index may take, e.g. 600MB (default: the float16 "
+@click.option("--budget", default=None, type=ByteSize(), help="Most memory the index may take, e.g. 600MB (default: the float16 "
                                              "embeddings' size).")
 @click.option("--nlist", default=None, type=click.IntRange(min=1), help="IVF lists (default: ~4*sqrt(rows)).")
 @click.option("--nprobe", default=None, type=click.IntRange(min=1),
               help="IVF lists probed per query (default: tuned to reach --recall on text-like queries).")
-@click.option("--recall", "target_recall", default=0.95, show_default=True, type=float,
+@click.option("--recall", "target_recall", default=0.95, show_default=True,
+              type=Finite(min=0, max=1, min_open=True),
               help="recall@10 the tuned nprobe must reach on text-like queries.")
 @click.option("--gpu", default="auto", show_default=True, type=click.Choice(["auto", "yes", "no"]),
               help="Use GPU FAISS when it is installed and sees a GPU.")

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from clefctl.commands.types import Finite
+
 
 def _no_face_line(no_face: dict) -> str:
     parts = [f"{src} ({n} frame{'s' if n != 1 else ''})" if n > 1 else src for src, n in list(no_face.items())[:10]]
@@ -37,7 +39,7 @@ def _no_face_line(no_face: dict) -> str:
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Video: at most this many frames.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Face crops per model call, gathered across frames (larger on a GPU).")
-@click.option("--smooth", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--smooth", type=Finite(min=0, max=3600), default=0.0, show_default=True,
               help="Seconds of a centred moving average of the probabilities along each face track (0 = off).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 or auto.")
 @click.option("--dtype", default="auto", show_default=True,

@@ -7,6 +7,7 @@ import json
 
 import click
 
+from clefctl.commands.types import Finite
 from clefctl.errors import ClefError
 
 
@@ -28,7 +29,7 @@ from clefctl.errors import ClefError
               help="Class vectors for the prompt classes: label names, descriptions or both.")
 @click.option("--index", "index_kind", default="auto", show_default=True,
               type=click.Choice(["auto", "flat", "hnsw", "ivf"]))
-@click.option("--max-upload-mb", default=16.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--max-upload-mb", default=16.0, show_default=True, type=Finite(min=0, max=65536, min_open=True),
               help="Largest image upload taken by image search.")
 @click.option("--workspace", default=None, type=click.Path(file_okay=False))
 @click.option("--no-progress", is_flag=True, help="No progress bar while starting.")

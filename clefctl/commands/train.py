@@ -8,26 +8,14 @@ other option is the run's, whatever the defaults below say.
 from __future__ import annotations
 
 import json
-import math
 
 import click
 from click.core import ParameterSource
 
+from clefctl.commands.types import NON_NEGATIVE, POSITIVE, Finite
 from clefctl.engine import TrainConfig
 
 
-class Finite(click.FloatRange):
-    """A float in a range that is also finite (click's FloatRange lets nan and, unbounded, inf through)."""
-
-    def convert(self, value, param, ctx):
-        rv = super().convert(value, param, ctx)
-        if not math.isfinite(rv):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return rv
-
-
-POSITIVE = Finite(min=0, min_open=True)
-NON_NEGATIVE = Finite(min=0)
 # click parameter -> the options field it sets, where the names differ
 _FIELDS = {"workers": "num_workers", "no_progress": "progress", "as_json": "progress",
            "no_class_weights": "class_weighting", "no_crop_cache": "crop_cache"}

@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import ipaddress
+import math
 import secrets
 import socket
 from dataclasses import dataclass, field
@@ -130,8 +131,8 @@ def run_serve(opts: ServeOptions) -> dict:
     from clefctl.serve.app import create_app
     from clefctl.serve.explorer import Explorer
 
-    if opts.max_upload_mb <= 0:
-        raise ClefError(f"--max-upload-mb must be positive, not {opts.max_upload_mb}")
+    if not math.isfinite(opts.max_upload_mb) or not 0 < opts.max_upload_mb <= 65536:
+        raise ClefError(f"--max-upload-mb must be a number of megabytes in (0, 65536], not {opts.max_upload_mb}")
     loopback = is_loopback(opts.host)
     token = opts.token or (None if loopback else secrets.token_urlsafe(24))
     sock = bind_socket(opts.host, opts.port)      # before the slow start: a busy port fails at once

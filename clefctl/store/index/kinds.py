@@ -143,12 +143,14 @@ def _size(nbytes: float) -> str:
 
 
 def parse_size(text: str | int | None) -> int | None:
-    """``"512MB"``, ``"1.5GB"``, ``"800000000"`` -> bytes (decimal units; None stays None)."""
+    """``"512MB"``, ``"1.5GB"``, ``"2TB"``, ``"800000000"`` -> bytes (decimal units, binary with ``i``; None
+    stays None). A size that is not a finite positive number below 2**63 bytes is refused."""
     if text is None or isinstance(text, int):
         return text
     t = str(text).strip().upper().replace(" ", "")
-    for unit, scale in (("GIB", 2**30), ("MIB", 2**20), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("G", 10**9),
-                        ("M", 10**6), ("B", 1)):
+    for unit, scale in (("TIB", 2**40), ("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("TB", 10**12),
+                        ("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("T", 10**12), ("G", 10**9), ("M", 10**6),
+                        ("K", 10**3), ("B", 1)):
         if t.endswith(unit):
             t, mult = t[: -len(unit)], scale
             break
@@ -157,8 +159,11 @@ def parse_size(text: str | int | None) -> int | None:
     try:
         value = float(t) * mult
     except ValueError:
-        raise ClefError(f"not a size: {text!r}", hint="write it like 512MB or 1.5GB") from None
-    if value <= 0:
+        raise ClefError(f"not a size: {text!r}", hint="write it like 512MB, 1.5GB or 2TB") from None
+    if not math.isfinite(value) or value >= 2**63:
+        raise ClefError(f"not a size: {text!r} (not a finite number of bytes below 8 EiB)",
+                        hint="write it like 512MB, 1.5GB or 2TB")
+    if value < 1:
         raise ClefError(f"a memory budget must be positive, got {text!r}")
     return int(value)
 
