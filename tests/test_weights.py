@@ -118,7 +118,13 @@ def one_line_error(code, err) -> str:
 
 
 def blob(n: int = 3 << 20, seed: int = 0) -> bytes:
-    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+    """A PyTorch checkpoint (what a .pth download must be) of a little over ``n`` random bytes."""
+    import io
+
+    buf = io.BytesIO()
+    data = np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8)
+    torch.save({"state_dict": {"w": torch.from_numpy(data)}}, buf)
+    return buf.getvalue()
 
 
 def tiny_farl_file(path: Path) -> Path:
@@ -213,11 +219,78 @@ def test_changed_file_is_refused_and_nothing_is_lost(server, capsys, env):
     assert not (env / "weights" / (FARL_FILE + ".part")).exists()
     assert (env / "weights" / "checksums.json").read_text() == record
     # a damaged copy on disk is found by verify (exit 2) and by get
-    (env / "weights" / FARL_FILE).write_bytes(good[:-1] + b"\0")
+    (env / "weights" / FARL_FILE).write_bytes(good[:-5000] + bytes([good[-5000] ^ 1]) + good[-4999:])
     code, _, err = run_cli(["weights", "verify", "farl-ep64"], capsys)
     assert "differs" in one_line_error(code, err)
     code, _, err = run_cli(["weights", "get", "farl-ep64"], capsys)
     assert "differs" in one_line_error(code, err)
+
+
+def test_mirror_answering_an_error_page_is_refused_before_anything_is_recorded(server, capsys, env):
+    """Issue 22, item 4: a mirror that answers 200 with a 61-byte HTML page (or a cut file) is not
+    recorded as FaRL's release, so the real file is still accepted afterwards."""
+    page = b"<html><body>429 Too Many Requests, retry later</body></html>\n"
+    assert len(page) == 61
+    server.files[FARL_FILE] = page
+    code, _, err = run_cli(["weights", "get", "farl-ep64"], capsys)
+    line = one_line_error(code, err)
+    assert "refusing" in line and "HTML page of 61 bytes" in line and "nothing was recorded" in line
+    weights = env / "weights"
+    assert not (weights / FARL_FILE).exists() and not (weights / (FARL_FILE + ".part")).exists()
+    assert not (weights / "checksums.json").exists()
+    real = blob(seed=5)
+    server.files[FARL_FILE] = real[: len(real) // 2]   # a server that stops half-way, length announced as half
+    code, _, err = run_cli(["weights", "get", "farl-ep64"], capsys)
+    assert "not a PyTorch checkpoint" in one_line_error(code, err)
+    assert not (weights / "checksums.json").exists()
+    server.files[FARL_FILE] = real
+    code, out, err = run_cli(["weights", "get", "farl-ep64", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["sha256"] == hashlib.sha256(real).hexdigest()
+    # a page put in the folder by hand is not recorded either
+    (weights / FARL_FILE.replace("ep64", "ep16")).write_bytes(page * 40)
+    code, _, err = run_cli(["weights", "get", "farl-ep16"], capsys)
+    assert "HTML page" in one_line_error(code, err)
+    assert FARL_FILE.replace("ep64", "ep16") not in json.loads((weights / "checksums.json").read_text())
+
+
+def _onnx_bytes(graph: bytes = b"\x0a\x04node" * 300) -> bytes:
+    """A ModelProto's top-level fields: ir_version 8, producer_name, graph (7), opset_import (8)."""
+    def ld(field: int, body: bytes) -> bytes:
+        n, out = len(body), b""
+        while True:
+            out += bytes([(n & 0x7F) | (0x80 if n > 0x7F else 0)])
+            n >>= 7
+            if not n:
+                break
+        return bytes([field << 3 | 2]) + out + body
+    return b"\x08\x08" + ld(2, b"test") + ld(7, graph) + ld(8, b"\x10\x0d")
+
+
+def test_check_format_reads_each_kind_by_its_structure(tmp_path):
+    from safetensors.torch import save_file
+
+    from clefctl.weights.fileformat import check_format, kind_of
+
+    assert [kind_of(n) for n in ("a.pth", "b.PT", "c.onnx", "d.safetensors", "e.tar")] == [
+        "torch", "torch", "onnx", "safetensors", None]
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(_onnx_bytes())
+    assert check_format(onnx, "onnx") is None
+    onnx.write_bytes(_onnx_bytes()[:-5])
+    assert "cut short" in check_format(onnx, "onnx")
+    onnx.write_bytes(blob(4000))
+    assert "not an ONNX model" in check_format(onnx, "onnx")
+    st = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(1000)}, str(st))
+    assert check_format(st, "safetensors") is None
+    st.write_bytes(st.read_bytes()[:-8])
+    assert "cut or padded" in check_format(st, "safetensors")
+    legacy = tmp_path / "old.pth"
+    torch.save({"w": torch.zeros(1000)}, legacy, _use_new_zipfile_serialization=False)
+    assert check_format(legacy, "torch") is None
+    legacy.write_text("x" * 2000)
+    assert "text of 2000 bytes" in check_format(legacy, "torch")
 
 
 def test_404_and_unreachable_host_are_one_clear_line(server, capsys, env, monkeypatch):

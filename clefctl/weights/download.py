@@ -28,6 +28,7 @@ from pathlib import Path
 from clefctl.errors import ClefError
 from clefctl.paths import FileLock
 from clefctl.weights import registry
+from clefctl.weights.fileformat import check_format, kind_of
 from clefctl.weights.registry import WeightsEntry
 
 CHUNK = 1 << 20
@@ -175,6 +176,13 @@ def _refuse(e: WeightsEntry, target: Path, source: str | None, problem: str, url
                           "again; otherwise try another mirror")
 
 
+def _refuse_format(e: WeightsEntry, target: Path, problem: str, url: str) -> ClefError:
+    kept = f"the file at {target} is unchanged" if target.is_file() else "nothing was written"
+    return ClefError(f"refusing the download of {e.file} from {url}: {problem}; nothing was recorded and {kept}",
+                     hint=f"the server answered with something else (an error page?): check the URL or "
+                          f"{registry.MIRROR_ENV}, or download the file by hand and put it at {target}")
+
+
 def get(e: WeightsEntry, *, force: bool = False, progress: bool = True) -> GetResult:
     """Make the file of ``e`` present in :func:`registry.weights_dir`, checked; see the module docstring.
 
@@ -211,12 +219,13 @@ def _download(e: WeightsEntry, target: Path, size: int | None, sha: str | None, 
             raise ClefError(f"cannot download {e.file}: {url!r} is not a URL ({exc})",
                             hint=f"{registry.MIRROR_ENV} must be a base URL such as https://host/weights") from None
         n, digest, problem = _check(part, total, size, sha)
-        if problem is None:
+        bad = check_format(part, kind_of(e.file)) if problem is None else None  # before any record
+        if problem is None and bad is None:
             break
         part.unlink(missing_ok=True)
         if resumed and not fresh:  # the old part may have been of another file: one fresh try
             continue
-        raise _refuse(e, target, source, problem, url)
+        raise _refuse(e, target, source, problem, url) if bad is None else _refuse_format(e, target, bad, url)
     os.replace(part, target)
     if source is None:
         registry.record(e.file, n, digest, url)
@@ -230,6 +239,10 @@ def _checked(source: str | None) -> str:
 def _present(e: WeightsEntry, target: Path, size: int | None, sha: str | None, source: str | None) -> GetResult:
     n, digest = target.stat().st_size, sha256_of(target)
     if sha is None:
+        bad = check_format(target, kind_of(e.file))  # never record an error page as the release
+        if bad is not None:
+            raise ClefError(bad, path=target,
+                            hint=f"delete it and run `clefctl weights get {e.name}`, or put the real file there")
         registry.record(e.file, n, digest, None)
         return GetResult(e.name, target, n, digest, "recorded", "recorded-now")
     if (size is not None and n != size) or digest != sha:
