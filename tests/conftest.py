@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# No test waits on a network that is not there: the face detector's `auto` never tries a download,
+# and it finds no YuNet file unless a test puts one in its own weights folder (the `yunet` fixture).
+os.environ["CLEF_OFFLINE"] = "1"
+os.environ["CLEF_WEIGHTS_DIR"] = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"clefctl-test-weights-{os.getpid()}")
 
 
 @pytest.fixture(scope="session")

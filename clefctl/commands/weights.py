@@ -55,7 +55,7 @@ def list_cmd(as_json: bool) -> None:
         t.add_column(col, no_wrap=col in ("name", "arch"))
     for r in rows:
         sha = f"{r['sha256'][:12]}... ({r['checksum']})" if r["sha256"] else "unknown *"
-        t.add_row(r["name"], r["arch"], _size(r["size"]), sha, "yes" if r["path"] else "no")
+        t.add_row(r["name"], r["arch"] or f"({r['purpose']})", _size(r["size"]), sha, "yes" if r["path"] else "no")
     c = Console()
     c.print(t)
     if any(r["sha256"] is None for r in rows):

@@ -68,11 +68,11 @@ def _offline_error(url: str, file: str, target: Path, why: str) -> ClefError:
                           f"{registry.MIRROR_ENV} to a base URL that serves {file}")
 
 
-def _open(url: str, start: int):
+def _open(url: str, start: int, timeout: float = TIMEOUT_S):
     headers = {"User-Agent": USER_AGENT}
     if start:
         headers["Range"] = f"bytes={start}-"
-    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S)
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
 
 
 def _total_from(resp, start: int) -> int | None:
@@ -85,12 +85,12 @@ def _total_from(resp, start: int) -> int | None:
     return int(n) if n and n.isdigit() else None
 
 
-def _connect(url: str, part: Path):
+def _connect(url: str, part: Path, timeout: float = TIMEOUT_S):
     """Ask for the rest of the file after what ``part`` holds: (response, start), or (None, start)
     when the server says the part is already whole (HTTP 416)."""
     start = part.stat().st_size if part.is_file() else 0
     try:
-        return _open(url, start), start
+        return _open(url, start, timeout), start
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and start:  # the part is already whole (or longer than the file)
             return None, start
@@ -132,19 +132,21 @@ def _receive(conn, part: Path, bar) -> tuple[int | None, int]:
     return total, start
 
 
-def fetch(url: str, part: Path, *, label: str, progress: bool = True) -> tuple[int | None, int]:
+def fetch(url: str, part: Path, *, label: str, progress: bool = True,
+          timeout: float = TIMEOUT_S) -> tuple[int | None, int]:
     """Download ``url`` into ``part``, resuming what is there; returns (total size or None, the byte
-    count it resumed from). Network failures other than a dropped connection are raised."""
+    count it resumed from). Network failures other than a dropped connection are raised;
+    ``timeout``: seconds per socket operation (connecting included)."""
     from clefctl.ui import progress_bar
 
     part.parent.mkdir(parents=True, exist_ok=True)
-    first = _connect(url, part)  # a refused or unreachable URL fails before any bar is drawn
+    first = _connect(url, part, timeout)  # a refused or unreachable URL fails before any bar is drawn
     resumed = first[1] if first[0] is None or first[0].status == 206 else 0
     # a transient bar leaves an empty line on a stderr that is not a terminal (logs, CI)
     with progress_bar(label, enabled=progress and sys.stderr.isatty(), transient=True) as bar:
         for attempt in range(ATTEMPTS):
             try:
-                return _receive(first if attempt == 0 else _connect(url, part), part, bar)[0], resumed
+                return _receive(first if attempt == 0 else _connect(url, part, timeout), part, bar)[0], resumed
             except _Dropped as exc:
                 if attempt == ATTEMPTS - 1:
                     raise ClefError(f"download of {url} kept breaking off ({exc}); the part is kept at {part}",
@@ -183,7 +185,7 @@ def _refuse_format(e: WeightsEntry, target: Path, problem: str, url: str) -> Cle
                           f"{registry.MIRROR_ENV}, or download the file by hand and put it at {target}")
 
 
-def get(e: WeightsEntry, *, force: bool = False, progress: bool = True) -> GetResult:
+def get(e: WeightsEntry, *, force: bool = False, progress: bool = True, timeout: float = TIMEOUT_S) -> GetResult:
     """Make the file of ``e`` present in :func:`registry.weights_dir`, checked; see the module docstring.
 
     ``force`` downloads again even when the file is there (the new copy must still match the
@@ -200,16 +202,16 @@ def get(e: WeightsEntry, *, force: bool = False, progress: bool = True) -> GetRe
         size, sha, source = registry.expected(e)
         if target.is_file() and not force:
             return _present(e, target, size, sha, source)
-        return _download(e, target, size, sha, source, progress)
+        return _download(e, target, size, sha, source, progress, timeout)
 
 
 def _download(e: WeightsEntry, target: Path, size: int | None, sha: str | None, source: str | None,
-              progress: bool) -> GetResult:
+              progress: bool, timeout: float = TIMEOUT_S) -> GetResult:
     url = registry.download_url(e)
     part = target.with_name(target.name + ".part")
     for fresh in (False, True):
         try:
-            total, resumed = fetch(url, part, label=f"download {e.file}", progress=progress)
+            total, resumed = fetch(url, part, label=f"download {e.file}", progress=progress, timeout=timeout)
         except urllib.error.HTTPError as exc:
             raise _offline_error(url, e.file, target, f"HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as exc:

@@ -35,6 +35,13 @@ MIRROR_ENV = "CLEF_WEIGHTS_MIRROR"
 CHECKSUM_FILE = "checksums.json"
 FARL_RELEASE = "https://github.com/FacePerceiver/FaRL/releases/download/pretrained_weights/"
 FARL_ARCH = "ViT-B-16-quickgelu"  # FaRL is CLIP ViT-B/16 trained with QuickGELU
+# YuNet (libfacedetection's detector in OpenCV's model zoo): a fixed file, so its size and sha256
+# are pinned here and a different file is refused from the first download on.
+YUNET_FILE = "face_detection_yunet_2023mar.onnx"
+YUNET_URL = ("https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/"
+             "face_detection_yunet_2023mar.onnx")
+YUNET_SIZE = 232_589
+YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,7 @@ class WeightsEntry:
     sha256: str | None = None     # as published; None: unknown (recorded at the first download)
     kind: str = "file"            # file | open_clip
     tag: str | None = None        # open_clip pretrained tag (kind open_clip)
+    purpose: str = "model"        # model (CLIP weights for --weights) | detector (a face detector's file)
 
 
 def _open_clip_entry(name: str, arch: str, tag: str, description: str) -> WeightsEntry:
@@ -75,6 +83,9 @@ def _entries() -> dict[str, WeightsEntry]:
             ("farl-50m-ep16", "FaRL-Base-Patch16-LAIONFace50M-ep16.pth", "FaRL ViT-B/16, LAION-Face 50M, 16 epochs")]
     out = {name: WeightsEntry(name, FARL_ARCH, desc, file, FARL_RELEASE + file) for name, file, desc in farl}
     # the -quickgelu name: OpenAI trained with QuickGELU, and open_clip warns on a mismatch
+    out["yunet"] = WeightsEntry(
+        "yunet", "", "YuNet face detector (OpenCV model zoo, MIT licence): boxes, scores, 5 landmarks",
+        YUNET_FILE, YUNET_URL, YUNET_SIZE, YUNET_SHA256, purpose="detector")
     out["openai-vit-b-16"] = _open_clip_entry("openai-vit-b-16", "ViT-B-16-quickgelu", "openai",
                                               "OpenAI CLIP ViT-B/16 (open_clip tag ViT-B-16-quickgelu/openai)")
     return out
@@ -178,7 +189,7 @@ def describe(e: WeightsEntry) -> dict:
     p = local_path(e)
     return {"name": e.name, "arch": e.arch, "url": e.url, "file": e.file, "size": size, "sha256": sha,
             "checksum": source, "path": str(p) if p else None, "kind": e.kind, "tag": e.tag,
-            "description": e.description}
+            "purpose": e.purpose, "description": e.description}
 
 
 def resolve(name: str, arch: str | None = None, *, progress: bool = True) -> tuple[str, str, str] | None:
@@ -188,6 +199,9 @@ def resolve(name: str, arch: str | None = None, *, progress: bool = True) -> tup
     e = REGISTRY.get(name)
     if e is None:
         return None
+    if e.purpose != "model":
+        raise ClefError(f"{name} is a face detector's file, not model weights",
+                        hint=f"give it as --detector {name}; --weights takes CLIP weights such as farl-ep64")
     use = arch if arch and _same_shapes(arch, e.arch) else e.arch
     if e.kind == "open_clip":
         return e.tag, use, f"open_clip {e.arch}/{e.tag} ({name})"

@@ -21,8 +21,22 @@ from clefctl.weights import hub, registry
 from clefctl.weights.download import verify_file
 
 
-def _describe_file(path: Path) -> dict:
+def _describe_detector(path: Path) -> dict:
+    """A face detector's ONNX file: opened by OpenCV's own YuNet runtime, as clefctl uses it."""
+    import cv2
+
+    try:
+        cv2.FaceDetectorYN.create(str(path), "", (320, 320))
+    except cv2.error as exc:
+        return {"format": "unreadable", "source": None, "arch": [],
+                "note": f"OpenCV cannot load it as a YuNet model ({str(exc).strip().splitlines()[-1]})"}
+    return {"format": "onnx", "source": "yunet face detector", "arch": []}
+
+
+def _describe_file(path: Path, e: registry.WeightsEntry | None = None) -> dict:
     """Container, detected layout and fitting architectures of a weights file."""
+    if e is not None and e.purpose == "detector":
+        return _describe_detector(path)
     from clefctl.model.formats import (_detect_source, _is_safetensors, _is_torchscript, _unwrap,
                                        infer_architectures, read_weights_file)
 
@@ -52,7 +66,7 @@ def verify(ref: str) -> dict:
         path = registry.local_path(e)
         if path is None:
             raise ClefError(f"{ref} is not downloaded", hint=f"run `clefctl weights get {ref}`")
-        out = {"name": ref, **verify_file(path, e), **_describe_file(path)}
+        out = {"name": ref, **verify_file(path, e), **_describe_file(path, e)}
         if e.kind == "open_clip":
             out["checksum"] = "open_clip"  # open_clip's Hub copy: checked by huggingface_hub on download
         return out
@@ -69,7 +83,7 @@ def verify(ref: str) -> dict:
         raise ClefError(f"no weights file or named weights {ref!r}", path=path if path.parent != Path(".") else None,
                         hint=f"registry names: {', '.join(registry.names())}")
     e = next((x for x in registry.REGISTRY.values() if x.kind == "file" and x.file == path.name), None)
-    return {"name": e.name if e else None, **verify_file(path, e), **_describe_file(path)}
+    return {"name": e.name if e else None, **verify_file(path, e), **_describe_file(path, e)}
 
 
 def _describe_folder(path: Path, ref: str) -> dict:

@@ -1,5 +1,7 @@
-"""Eye alignment and square face crops, and :class:`FaceCropper` (the largest face of one image,
-levelled and cropped: ``clefctl data prepare``, ``explain``).
+"""Square face crops: by the landmark template (:mod:`~clefctl.data.faces.template`) or, for the
+Haar detector's faces, by eye-cascade levelling (:class:`EyeAligner`, :func:`crop_square`);
+:func:`face_crop` picks; :class:`FaceCropper` crops the largest face of one image (``clefctl data
+prepare IMAGES``, ``explain``).
 
 Angles follow OpenCV: positive = counter-clockwise rotation of the image (as displayed) about
 the face centre, applied so that the eye centres end up level.
@@ -16,8 +18,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from clefctl.data.faces.detect import HaarDetector, clip_box, load_cascade
+from clefctl.data.faces.choice import DetectorChoice, resolve_detector
+from clefctl.data.faces.detect import Detection, HaarDetector, clip_box, load_cascade, neighbour_confidence
 from clefctl.data.faces.inputs import to_rgb_uint8
+from clefctl.data.faces.template import aligned_crop, eye_angle
 from clefctl.errors import ClefError
 
 _MAX_EYE_TILT = 30.0   # degrees; a steeper eye line is taken as a wrong eye pair
@@ -107,6 +111,15 @@ def crop_square(rgb: np.ndarray, box: Sequence[float], angle: float = 0.0, *, ma
     return cv2.resize(patch, (size, size), interpolation=interp)
 
 
+def face_crop(rgb: np.ndarray, detection: Detection, angle: float, size: int, margin: float,
+              align: bool = True) -> np.ndarray:
+    """The square crop of one face: by the alignment template when it has landmarks (and ``align``),
+    else the box with ``margin`` rotated by ``angle`` (Haar's eye levelling)."""
+    if align and detection.landmarks is not None:
+        return aligned_crop(rgb, detection.landmarks, size, margin)
+    return crop_square(rgb, detection.box, angle, margin=margin, size=size)
+
+
 class Box(NamedTuple):
     """A detected face in original image pixels; ``score`` is the cascade's neighbour count."""
 
@@ -121,8 +134,9 @@ class Box(NamedTuple):
 class CropResult:
     """The crop of the largest face; ``image`` and ``box`` are None when no face was found.
 
-    ``aligned`` is True when two eyes were found in the upper half of the box and the crop
-    was rotated by ``angle`` degrees to level them; False means an unrotated crop.
+    ``aligned`` is True when the crop was levelled: by the landmark template (``landmarks``: the
+    5 points in source pixels), or, with the Haar detector, because two eyes were found in the
+    upper half of the box and the crop was rotated by ``angle`` degrees; False: an unrotated crop.
     """
 
     image: Image.Image | None
@@ -131,28 +145,39 @@ class CropResult:
     found: bool
     aligned: bool = False
     eyes: tuple[tuple[float, float], tuple[float, float]] | None = None
+    landmarks: np.ndarray | None = None
+    confidence: float = 0.0
 
 
 class FaceCropper:
-    """Detect the largest face, level the eyes, cut a square crop with a margin.
+    """Detect the largest face, level it, cut a square crop.
 
-    ``margin`` is added on each side as a fraction of the face box (0.25: the crop is 1.5x
-    the box), ``size`` the output side in pixels, ``min_size`` the smallest face side in
-    original pixels (None: 1/20 of the image's shorter side). Detection searches the full
-    image (up to 1024 pixels): careful rather than fast, for photos and data preparation.
+    ``detector``: the ``--detector`` choice (``auto``, ``yunet``, ``haar`` or a resolved
+    :class:`DetectorChoice`), in its photo setting; with YuNet the crop follows the landmark
+    template, with Haar the eye cascade levels it (``min_size``, ``scale_factor`` and
+    ``min_neighbors`` tune Haar only; ``min_size``: the smallest face side in original pixels,
+    None: 1/20 of the image's shorter side). ``margin``: context around the face (the template's,
+    or added on each side of a Haar box: 0.25 makes the crop 1.5x the box); ``size``: the output
+    side in pixels.
     """
 
     def __init__(self, margin: float = 0.25, size: int = 224, align: bool = True,
-                 min_size: int | None = None, scale_factor: float = 1.1, min_neighbors: int = 5):
-        if margin < 0:
-            raise ClefError(f"margin must be >= 0, got {margin}")
+                 min_size: int | None = None, scale_factor: float = 1.1, min_neighbors: int = 5,
+                 detector: DetectorChoice | str = "auto", min_confidence: float | None = None):
+        if not math.isfinite(margin) or margin < 0:
+            raise ClefError(f"margin must be a finite number >= 0, got {margin}")
         if size <= 0:
             raise ClefError(f"crop size must be positive, got {size}")
         self.margin = float(margin)
         self.size = int(size)
         self.align = bool(align)
-        self.detector = HaarDetector(scale_factor=scale_factor, min_neighbors=min_neighbors,
-                                     min_size=min_size)
+        choice = detector if isinstance(detector, DetectorChoice) else resolve_detector(detector, min_confidence)
+        self.choice = choice
+        if choice.kind == "haar":
+            self.detector = HaarDetector(scale_factor=scale_factor, min_neighbors=min_neighbors, min_size=min_size)
+            self.detector.min_confidence = float(choice.min_confidence or 0.0)
+        else:
+            self.detector = choice.make("photos")
         self.aligner = EyeAligner(width=None) if align else None
 
     def detect(self, rgb: np.ndarray) -> list[Box]:
@@ -168,11 +193,22 @@ class FaceCropper:
     def crop(self, rgb: np.ndarray) -> CropResult:
         """Crop the largest face; ``found=False`` (image None) when there is none."""
         rgb = to_rgb_uint8(rgb)
+        if not isinstance(self.detector, HaarDetector):
+            dets = self.detector.detect(rgb)
+            if not dets:
+                return CropResult(image=None, box=None, angle=0.0, found=False)
+            d = dets[0]
+            crop = face_crop(rgb, d, 0.0, self.size, self.margin, self.align)
+            return CropResult(image=Image.fromarray(crop, mode="RGB"), box=clip_box(d.box, rgb.shape),
+                              angle=round(eye_angle(d.landmarks), 2) if self.align else 0.0, found=True,
+                              aligned=self.align, eyes=(tuple(d.landmarks[0]), tuple(d.landmarks[1])),
+                              landmarks=d.landmarks, confidence=round(d.confidence, 4))
         grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         work, scale, pad, found = self.detector.detect_raw(grey)
+        found = [f for f in found if neighbour_confidence(f[1]) >= self.detector.min_confidence]
         if not found:
             return CropResult(image=None, box=None, angle=0.0, found=False)
-        rect, _ = found[0]
+        rect, neighbours = found[0]
         box = self.detector.to_source(rect, scale, pad)
         angle, eyes, aligned = 0.0, None, False
         if self.aligner is not None:
@@ -183,4 +219,5 @@ class FaceCropper:
                 aligned = True
         image = self.crop_box(rgb, box, angle)
         return CropResult(image=image, box=clip_box(box, rgb.shape), angle=round(angle, 2),
-                          found=True, aligned=aligned, eyes=eyes)
+                          found=True, aligned=aligned, eyes=eyes,
+                          confidence=round(neighbour_confidence(neighbours), 4))

@@ -33,12 +33,15 @@ _DARK_LUT = (np.linspace(0.0, 1.0, 256) ** DARK_GAMMA * 255.0).round().astype(np
 
 @dataclass
 class Detection:
-    """One face: ``box`` (x, y, w, h; float source pixels), ``confidence`` in [0, 1] and the
-    detector's own ``score`` (for the Haar cascades: the number of merged neighbour windows)."""
+    """One face: ``box`` (x, y, w, h; float source pixels), ``confidence`` in [0, 1], the
+    detector's own ``score`` (for the Haar cascades: the number of merged neighbour windows; for
+    YuNet: its score) and, from a landmark detector, ``landmarks`` (5 x 2 source pixels: the
+    subject's right eye, left eye, nose tip, right and left mouth corner; None from Haar)."""
 
     box: tuple[float, float, float, float]
     confidence: float
     score: float
+    landmarks: np.ndarray | None = None
 
     def int_box(self, shape) -> tuple[int, int, int, int]:
         """The box rounded and clipped to an image of ``shape`` (H, W, ...)."""
@@ -74,6 +77,7 @@ class Detector(abc.ABC):
     """What finds faces. Implementations return every face, largest first, in source pixels."""
 
     name = "detector"
+    min_confidence = 0.0      # faces scored below this are not faces
 
     @abc.abstractmethod
     def detect(self, rgb: np.ndarray, grey: np.ndarray | None = None) -> list[Detection]:
@@ -153,7 +157,8 @@ class HaarDetector(Detector):
                    equalise="clahe", dark="fallback")
 
     def describe(self) -> dict:
-        return {"name": self.name, "scale_factor": self.scale_factor, "min_neighbors": self.min_neighbors,
+        return {"name": self.name, **({"min_confidence": self.min_confidence} if self.min_confidence else {}),
+                "scale_factor": self.scale_factor, "min_neighbors": self.min_neighbors,
                 "min_face": round(self.min_face, 4), "min_size": self.min_size, "window": self.window,
                 "fallback": self.fallback, "equalise": self.equalise, "dark": self.dark}
 
@@ -215,4 +220,5 @@ class HaarDetector(Detector):
         if grey is None:
             grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         _, scale, pad, found = self.detect_raw(grey)
-        return [Detection(self.to_source(rect, scale, pad), neighbour_confidence(n), n) for rect, n in found]
+        out = [Detection(self.to_source(rect, scale, pad), neighbour_confidence(n), n) for rect, n in found]
+        return [d for d in out if d.confidence >= self.min_confidence]

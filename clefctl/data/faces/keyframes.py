@@ -1,12 +1,15 @@
 """Cheap face finding along a video: full detection on key frames, template following between.
 
-On a key frame the :class:`~clefctl.data.faces.detect.Detector` searches the whole frame and
-the eyes of each face are found (the angle is kept for the frames that follow). In between,
+On a key frame the :class:`~clefctl.data.faces.detect.Detector` searches the whole frame; a
+landmark detector (YuNet) gives each face its 5 landmarks, smoothed against the same face's
+landmarks on the previous key frame (:func:`smooth_landmarks`) so that a steady face does not
+jitter, and the Haar detector's faces get their eye-levelling angle from the eye cascade. In between,
 each face is followed by normalised cross-correlation of a small grey template of its key-frame
 appearance over a window around its last box (a fraction of a millisecond per face). A face
 whose match falls below ``min_match`` is dropped and the next frame becomes a key frame, so a
 face that left or turned away is searched for again at once; a new face is found at the next
-key frame (at most ``every - 1`` frames late).
+key frame (at most ``every - 1`` frames late). A followed face's landmarks move with its box, so
+no frame is left unaligned.
 """
 
 from __future__ import annotations
@@ -19,9 +22,22 @@ import numpy as np
 
 from clefctl.data.faces.align import EyeAligner
 from clefctl.data.faces.detect import Detection, Detector
+from clefctl.data.faces.template import eye_angle
 
 _TEMPLATE = 24          # template side in pixels
 _SEARCH = 0.6           # search window margin on each side, as a fraction of the box
+_STEADY = 0.04          # landmark motion (fraction of the eye distance) below which it is mostly jitter
+
+
+def smooth_landmarks(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """The key frame's landmarks ``new`` blended with the same face's previous ones ``old``
+    (5 x 2 each): a change small against the eye distance (jitter of a steady face) moves the
+    landmarks by a third of it; a change of ``_STEADY`` x 3 the eye distance or more is followed
+    at once (a real movement is never lagged)."""
+    d = max(float(np.hypot(*(new[1] - new[0]))), 1.0)
+    move = float(np.abs(new - old).max()) / d
+    w = min(1.0, max(1.0 / 3.0, move / (3.0 * _STEADY)))
+    return old + w * (new - old)
 
 
 @dataclass
@@ -106,9 +122,15 @@ class KeyframeDetector:
         kept: list[_Followed] = []
         for det in dets:
             angle = 0.0
-            if self.aligner is not None:
+            if det.landmarks is not None:
+                prev = self._previous(det.box)
+                if prev is not None and prev.found.detection.landmarks is not None:
+                    det.landmarks = smooth_landmarks(det.landmarks, prev.found.detection.landmarks)
+                angle = eye_angle(det.landmarks)
+            elif self.aligner is not None:
                 level = self.aligner.find(grey, det.box)
-                angle = level[0] if level is not None else self._previous_angle(det.box)
+                prev = self._previous(det.box)
+                angle = level[0] if level is not None else (prev.found.angle if prev is not None else 0.0)
             tpl = _template(grey, det.box)
             if tpl is not None:
                 kept.append(_Followed(Found(det, angle, True), tpl, det.confidence))
@@ -128,11 +150,12 @@ class KeyframeDetector:
         self._force_key = False
         return kept
 
-    def _previous_angle(self, box) -> float:
+    def _previous(self, box) -> _Followed | None:
+        """The face followed up to this key frame that ``box`` is (overlap > 0.3), or None."""
         best = max(self._faces, key=lambda f: _iou(f.found.detection.box, box), default=None)
         if best is not None and _iou(best.found.detection.box, box) > 0.3:
-            return best.found.angle
-        return 0.0
+            return best
+        return None
 
     # -- between key frames -----------------------------------------------------------------
 
@@ -169,7 +192,10 @@ class KeyframeDetector:
         box = (x0 + bx / s, y0 + by / s, w, h)
         if box[0] + w <= 0 or box[1] + h <= 0 or box[0] >= W or box[1] >= H:
             return None
+        lm = face.found.detection.landmarks
+        if lm is not None:
+            lm = lm + np.array([box[0] - x, box[1] - y])
         moved = Detection(box, float(face.key_confidence * min(1.0, max(0.0, best))),
-                          face.found.detection.score)
+                          face.found.detection.score, lm)
         return _Followed(Found(moved, face.found.angle, False), face.template, face.key_confidence,
                          face.missed_keys)

@@ -3,10 +3,12 @@ a face id, box, confidence, aligned crop and, when encoders are given, the model
 
 :func:`iter_faces` streams: it holds at most about ``batch_size`` face crops (the batch waiting
 for the encoders) whatever the length of the video, so ``predict`` and ``embed`` run in flat
-memory. Photos are searched carefully (:meth:`HaarDetector.for_photos`: scale factor 1.1, faces
-from 1/20 of the shorter side, the fallback cascade) and their faces numbered left to right;
-videos go through :class:`KeyframeDetector` (full detection on key frames, template following
-in between) and :class:`Tracker` (face ids stable within the video).
+memory. The detector is chosen by ``--detector`` (:func:`~clefctl.data.faces.choice.resolve_detector`:
+YuNet with 5 landmarks, or the Haar cascades offline). Photos are searched in the photo setting and
+their faces numbered left to right; videos go through :class:`KeyframeDetector` (full detection on
+key frames, template following in between, landmarks carried along) and :class:`Tracker` (face ids
+stable within the video). A face with landmarks is cut by the one alignment template
+(:func:`~clefctl.data.faces.template.aligned_crop`); a Haar face by its eye-levelling angle.
 
 Example::
 
@@ -27,10 +29,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from clefctl.data.faces.align import EyeAligner, crop_square
-from clefctl.data.faces.detect import Detector, HaarDetector, clip_box
+from clefctl.data.faces.align import EyeAligner, face_crop
+from clefctl.data.faces.choice import DetectorChoice, resolve_detector
+from clefctl.data.faces.detect import Detector, clip_box
 from clefctl.data.faces.inputs import expand_inputs, is_video, read_image
 from clefctl.data.faces.keyframes import Found, KeyframeDetector
+from clefctl.data.faces.template import eye_angle
 from clefctl.data.faces.track import Tracker
 from clefctl.data.faces.video import iter_video_frames, video_fps
 from clefctl.errors import ClefError
@@ -43,10 +47,12 @@ GAP_SECONDS = 1.0           # video: how long a track keeps matching by overlap 
 
 @dataclass
 class Face:
-    """One face on one frame. ``box`` (x, y, w, h) in source pixels, ``confidence`` in [0, 1],
-    ``angle`` the eye-levelling rotation of ``crop`` (size x size x 3 uint8 RGB), ``features``
-    one unit vector per encoder, ``keyed``: found by the detector on this frame (False:
-    followed from the last key frame)."""
+    """One face on one frame. ``box`` (x, y, w, h) in source pixels, ``confidence`` in [0, 1] (the
+    detector's score), ``angle`` the eye line's tilt that ``crop`` (size x size x 3 uint8 RGB)
+    removes, ``landmarks`` (5 x 2 source pixels: right eye, left eye, nose tip, right and left
+    mouth corner of the subject; None from the Haar detector), ``features`` one unit vector per
+    encoder, ``keyed``: found by the detector on this frame (False: followed from the last key
+    frame)."""
 
     face_id: int
     box: tuple[int, int, int, int]
@@ -55,6 +61,7 @@ class Face:
     crop: np.ndarray
     features: tuple[np.ndarray, ...] = ()
     keyed: bool = True
+    landmarks: np.ndarray | None = None
 
     @property
     def feature(self) -> np.ndarray | None:
@@ -200,11 +207,12 @@ def _join(look: np.ndarray, feature: np.ndarray | None) -> np.ndarray:
 
 
 def _faces_of(rgb: np.ndarray, found: list[Found], size: int, margin: float,
-              stats: PipelineStats) -> tuple[list[Face], list[np.ndarray]]:
+              stats: PipelineStats, align: bool = True) -> tuple[list[Face], list[np.ndarray]]:
     t0 = time.perf_counter()
     faces = [Face(-1, clip_box(f.detection.box, rgb.shape), round(float(f.detection.confidence), 4),
-                  round(float(f.angle), 2), crop_square(rgb, f.detection.box, f.angle, margin=margin, size=size),
-                  keyed=f.keyed) for f in found]
+                  round(float(f.angle), 2) if align else 0.0,
+                  face_crop(rgb, f.detection, f.angle if align else 0.0, size, margin, align),
+                  keyed=f.keyed, landmarks=f.detection.landmarks) for f in found]
     t1 = time.perf_counter()
     looks = [appearance(f.crop) for f in faces]
     stats.seconds["crop"] += t1 - t0
@@ -220,6 +228,9 @@ def _photo_faces(rgb: np.ndarray, detector: Detector, aligner: EyeAligner | None
     t1 = time.perf_counter()
     found = []
     for d in sorted(dets, key=lambda d: (d.box[0], d.box[1])):
+        if d.landmarks is not None:
+            found.append(Found(d, eye_angle(d.landmarks), True))
+            continue
         level = aligner.find(grey, d.box) if aligner is not None else None
         found.append(Found(d, level[0] if level is not None else 0.0, True))
     stats.seconds["detect"] += t1 - t0
@@ -237,17 +248,18 @@ def keyframe_interval(fps: float, every: int, seconds: float = KEYFRAME_SECONDS)
 
 def iter_faces(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, every: int = 1,
                max_frames: int | None = None, size: int = 224, margin: float = 0.25, align: bool = True,
-               detector: Detector | None = None, video_detector: Detector | None = None,
-               encoders: Sequence[Encoder] = (), batch_size: int = 64,
+               faces: DetectorChoice | str = "auto", detector: Detector | None = None,
+               video_detector: Detector | None = None, encoders: Sequence[Encoder] = (), batch_size: int = 64,
                keyframe_seconds: float = KEYFRAME_SECONDS, gap_seconds: float = GAP_SECONDS,
                stats: PipelineStats | None = None) -> Iterator[FrameFaces]:
     """Every face of every photo and sampled video frame of ``inputs`` (files, folders, globs), in
     input order, frame by frame (see the module docstring).
 
     ``every`` / ``max_frames``: video sampling. ``size``: crop side (the model's input size);
-    ``margin``: context added on each side of the box. ``detector`` (photos) and
-    ``video_detector`` (key frames) default to :meth:`HaarDetector.for_photos` and
-    :meth:`HaarDetector.for_video`. ``encoders`` are run on batches of about ``batch_size`` crops
+    ``margin``: context around the face (the template's, or added on each side of a Haar box).
+    ``faces``: the ``--detector`` choice (``auto``, ``yunet``, ``haar`` or a resolved
+    :class:`DetectorChoice`), made in its photo and video settings; ``detector`` (photos) and
+    ``video_detector`` (key frames) override it. ``encoders`` are run on batches of about ``batch_size`` crops
     across frames; their outputs become each face's ``features`` and the first one joins the
     appearance the tracker uses. An input that cannot be decoded yields one ``unreadable`` item
     (and is listed in ``stats.unreadable``); a video that breaks off after some frames is warned
@@ -261,18 +273,20 @@ def iter_faces(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, every
         raise ClefError(f"the crop size must be at least 8 pixels, got {size}")
     files = expand_inputs(inputs)
     stats = stats if stats is not None else PipelineStats()
-    photo_detector = detector or HaarDetector.for_photos()
+    if detector is None or video_detector is None:
+        choice = faces if isinstance(faces, DetectorChoice) else resolve_detector(faces)
+        detector = detector or choice.make("photos")
+        video_detector = video_detector or choice.make("video")
     aligner = EyeAligner(96) if align else None
-    follower = KeyframeDetector(video_detector or HaarDetector.for_video(),
-                                aligner=EyeAligner(64) if align else None)
+    follower = KeyframeDetector(video_detector, aligner=EyeAligner(64) if align else None)
     tracker = Tracker(max_gap=gap_seconds, reid_threshold=0.8 if encoders else 0.6)
     batcher = _Batcher(encoders, batch_size, tracker, stats)
     try:
         for path in files:
             if is_video(path):
-                items = _video_frames(path, every, max_frames, size, margin, follower, keyframe_seconds, stats)
+                items = _video_frames(path, every, max_frames, size, margin, follower, keyframe_seconds, stats, align)
             else:
-                items = _photo(path, size, margin, photo_detector, aligner, stats)
+                items = _photo(path, size, margin, detector, aligner, stats, align)
             for ff, looks in items:
                 yield from batcher.add(ff, looks)
         yield from batcher.flush()
@@ -284,7 +298,8 @@ def iter_faces(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, every
         follower.key_frames = 0
 
 
-def _photo(path: Path, size: int, margin: float, detector: Detector, aligner, stats: PipelineStats):
+def _photo(path: Path, size: int, margin: float, detector: Detector, aligner, stats: PipelineStats,
+           align: bool = True):
     t0 = time.perf_counter()
     rgb = read_image(path)
     stats.seconds["decode"] += time.perf_counter() - t0
@@ -294,7 +309,7 @@ def _photo(path: Path, size: int, margin: float, detector: Detector, aligner, st
         return
     stats.photos += 1
     stats.frames += 1
-    faces, looks = _faces_of(rgb, _photo_faces(rgb, detector, aligner, stats), size, margin, stats)
+    faces, looks = _faces_of(rgb, _photo_faces(rgb, detector, aligner, stats), size, margin, stats, align)
     for i, f in enumerate(faces):
         f.face_id = i
     stats.faces += len(faces)
@@ -303,7 +318,7 @@ def _photo(path: Path, size: int, margin: float, detector: Detector, aligner, st
 
 
 def _video_frames(path: Path, every: int, max_frames, size: int, margin: float, follower: KeyframeDetector,
-                  keyframe_seconds: float, stats: PipelineStats):
+                  keyframe_seconds: float, stats: PipelineStats, align: bool = True):
     follower.reset()
     follower.every = keyframe_interval(video_fps(path), every, keyframe_seconds)
     frames = 0
@@ -327,7 +342,7 @@ def _video_frames(path: Path, every: int, max_frames, size: int, margin: float, 
                 stats.videos += 1
             frames += 1
             stats.frames += 1
-            faces, looks = _faces_of(rgb, follower(rgb), size, margin, stats)
+            faces, looks = _faces_of(rgb, follower(rgb), size, margin, stats, align)
             stats.faces += len(faces)
             stats.no_face_frames += not faces
             yield FrameFaces(str(path), index + 1, float(stamp), faces, video=True,
