@@ -15,7 +15,8 @@ from clefctl.engine import TrainConfig
 from clefctl.finetune import FinetuneOptions, run_finetune
 
 EXPRESSIONS = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
-BASE = ["source", "frame", "face_id", "timestamp", "confidence", "success", "face_x", "face_y", "face_w", "face_h"]
+BASE = ["source", "frame", "face_id", "timestamp", "confidence", "success", "face_x", "face_y", "face_w", "face_h",
+        *[f"lmk_x_{i}" for i in range(5)], *[f"lmk_y_{i}" for i in range(5)]]
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from clefctl.commands.options import face_options
 from clefctl.commands.types import Finite
 
 
@@ -49,14 +50,16 @@ def _no_face_line(no_face: dict) -> str:
 @click.option("--workspace", default=None, envvar="CLEF_WORKSPACE")
 @click.option("--trust-checkpoint", is_flag=True,
               help="Allow full unpickling of a trusted checkpoint file (only for files you trust).")
+@face_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def predict(inputs, out_csv, au_checkpoint, fer_checkpoint, weights, arch, prompts, prompt_mode, every, max_frames,
-            batch_size, smooth, device, dtype, no_timeline, workspace, trust_checkpoint, as_json) -> None:
+            batch_size, smooth, device, dtype, no_timeline, workspace, trust_checkpoint, detector, min_confidence,
+            as_json) -> None:
     """Find every face, follow it through videos, and write AU and expression probabilities.
 
     Inputs are image files, folders, globs or videos (.mp4 .avi .mov .mkv .webm ...). The CSV has
-    OpenFace's columns: frame (1-based), face_id, timestamp, confidence, success, face_x/y/w/h,
-    AU01_c/AU01_p ... (_p is an occurrence probability, not a FACS intensity), one column per
+    OpenFace's columns: frame (1-based), face_id, timestamp, confidence (the detector's score),
+    success, face_x/y/w/h, the 5 landmarks lmk_x_0..4 / lmk_y_0..4 (YuNet), AU01_c/AU01_p ... (_p is an occurrence probability, not a FACS intensity), one column per
     expression and expression. A frame without a face gets one row with success 0. A video also
     gets a timeline PNG. Files that cannot be decoded are skipped with a warning and listed in the
     summary ("skipped", "unreadable").
@@ -75,7 +78,8 @@ def predict(inputs, out_csv, au_checkpoint, fer_checkpoint, weights, arch, promp
         inputs=list(inputs), out=out_csv, au_checkpoint=au_checkpoint, fer_checkpoint=fer_checkpoint,
         weights=weights, arch=arch, prompts=tuple(prompts), prompt_mode=prompt_mode, workspace=workspace,
         every=every, max_frames=max_frames, batch_size=batch_size, smooth=smooth, device=device, dtype=dtype,
-        timeline=not no_timeline, progress=not as_json, trust_checkpoint=trust_checkpoint))
+        timeline=not no_timeline, progress=not as_json, trust_checkpoint=trust_checkpoint, detector=detector,
+        min_confidence=min_confidence))
     bad = summary["unreadable"]
     if bad:
         click.echo(f"warning: skipped {len(bad)} unreadable input{'s' if len(bad) != 1 else ''} (not a "
@@ -86,7 +90,7 @@ def predict(inputs, out_csv, au_checkpoint, fer_checkpoint, weights, arch, promp
         return
     click.echo(f"wrote {summary['csv']}: {summary['rows']} rows, {summary['faces']} faces on {summary['frames']} "
                f"frames at {summary['fps']} fps ({100 * (summary['detection_share'] or 0):.0f}% of the time in "
-               f"face detection)")
+               f"face detection, {summary['detector']['name']})")
     if summary["no_face"]:
         click.echo(_no_face_line(summary["no_face"]))
     for t in summary["timelines"]:

@@ -42,6 +42,8 @@ class PredictOptions:
     timeline: bool = True
     progress: bool = True
     trust_checkpoint: bool = False
+    detector: str = "auto"                # auto | yunet | haar (clefctl.data.faces.choice)
+    min_confidence: float | None = None   # the detector's score threshold (None: the detector's default)
 
 
 def _check(opts: PredictOptions) -> None:
@@ -77,6 +79,7 @@ def run_predict(opts: PredictOptions) -> dict:
     Unreadable inputs get no row; the summary counts them (``skipped``) and lists them
     (``unreadable``). The CSV is written to a temporary file and renamed at the end."""
     from clefctl.data.faces import PipelineStats, expand_inputs, is_video, iter_faces, model_encoder
+    from clefctl.data.faces.choice import resolve_detector
     from clefctl.data.faces.video import video_frame_estimate
     from clefctl.model.inference import inference_dtype
     from clefctl.paths import atomic_path
@@ -86,6 +89,7 @@ def run_predict(opts: PredictOptions) -> dict:
     _check(opts)
     t_load = time.perf_counter()
     files = expand_inputs(opts.inputs)
+    choice = resolve_detector(opts.detector, opts.min_confidence)
     scorers = build_scorers(Workspace(opts.workspace), au_checkpoint=opts.au_checkpoint,
                             fer_checkpoint=opts.fer_checkpoint, weights=opts.weights, arch=opts.arch,
                             prompts=tuple(opts.prompts), prompt_mode=opts.prompt_mode, device=opts.device,
@@ -106,7 +110,7 @@ def run_predict(opts: PredictOptions) -> dict:
     t0 = time.perf_counter()
     frames = iter_faces(files, every=opts.every, max_frames=opts.max_frames, size=max(m.image_size for m in models),
                         encoders=[model_encoder(m, opts.dtype) for m in models], batch_size=opts.batch_size,
-                        stats=stats)
+                        stats=stats, faces=choice)
     smoother = Smoother(opts.smooth)
     with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh, \
             progress_bar("predict", total=total or None, enabled=opts.progress, transient=True) as bar:
@@ -134,7 +138,7 @@ def run_predict(opts: PredictOptions) -> dict:
         "timelines": writer.timelines, "columns": header, "smooth": opts.smooth,
         "models": {sc.task: sc.model.fingerprint for sc in scorers}, "scoring": {sc.task: sc.how for sc in scorers},
         "inference_dtype": str(inference_dtype(models[0].device, opts.dtype)).replace("torch.", ""),
-        "device": str(models[0].device),
+        "device": str(models[0].device), "detector": choice.describe(),
     }
 
 
@@ -146,7 +150,7 @@ def _rows(ff, scorers: list[Scorer], which: list[int]) -> list[Row]:
         probs[sc.task] = sc.score(np.stack([f.features[k] for f in ff.faces]))
     return [Row(ff.source, ff.frame, f.face_id, ff.timestamp, f.confidence, f.box,
                 probs["au"][j] if "au" in probs else None, probs["fer"][j] if "fer" in probs else None,
-                ff.video) for j, f in enumerate(ff.faces)]
+                ff.video, f.landmarks) for j, f in enumerate(ff.faces)]
 
 
 class _Emitter:
@@ -169,7 +173,7 @@ class _Emitter:
     def emit(self, rows: list[Row]) -> None:
         for r in rows:
             self._csv.writerow(row_values(r.source, r.frame, r.face_id, r.timestamp, r.confidence, r.box,
-                                          r.au, r.fer, self.fer_classes, self.n_au))
+                                          r.au, r.fer, self.fer_classes, self.n_au, r.landmarks))
             self.rows += 1
             if r.box is None:
                 self.no_face[r.source] += 1

@@ -3,7 +3,9 @@
 Columns, in order: ``source``, ``frame`` (1-based; 1 for a photo), ``face_id`` (0-based within
 a source; -1 on a no-face row), ``timestamp`` (seconds; 0 for a photo), ``confidence`` (0-1),
 ``success`` (1 = a face, 0 = no face on that frame), ``face_x``, ``face_y``, ``face_w``,
-``face_h`` (pixels of the source), then per AU ``AU01_c`` (0/1) and ``AU01_p`` (the occurrence
+``face_h`` (pixels of the source), the 5 landmarks ``lmk_x_0`` ... ``lmk_x_4``, ``lmk_y_0`` ...
+``lmk_y_4`` (source pixels, in the order right eye, left eye, nose tip, right mouth corner, left
+mouth corner, the subject's right; empty with the Haar detector and on no-face rows), then per AU ``AU01_c`` (0/1) and ``AU01_p`` (the occurrence
 probability, not a FACS intensity), then one probability column per expression class and
 ``expression`` (the most likely). A no-face row has ``confidence`` 0 and the face columns empty.
 The schema is documented in docs/predict.md; :func:`columns` gives the header and
@@ -19,8 +21,10 @@ import numpy as np
 
 from clefctl.errors import ClefError
 
+LANDMARK_NAMES = ("right_eye", "left_eye", "nose_tip", "right_mouth", "left_mouth")
+LANDMARK_COLUMNS = tuple(f"lmk_x_{i}" for i in range(5)) + tuple(f"lmk_y_{i}" for i in range(5))
 BASE_COLUMNS = ("source", "frame", "face_id", "timestamp", "confidence", "success",
-                "face_x", "face_y", "face_w", "face_h")
+                "face_x", "face_y", "face_w", "face_h") + LANDMARK_COLUMNS
 AU_THRESHOLD = 0.5           # AU01_c = 1 when AU01_p > 0.5
 _AU_ID = re.compile(r"^AU(\d+)(.*)$", re.IGNORECASE)
 
@@ -49,18 +53,26 @@ def _p(v: float) -> str:
     return f"{float(v):.4f}"
 
 
+def landmark_values(landmarks) -> list:
+    """The 10 landmark cells (x0..x4, y0..y4, one decimal) of a 5 x 2 array; empty cells for None."""
+    if landmarks is None:
+        return [""] * len(LANDMARK_COLUMNS)
+    pts = np.asarray(landmarks, np.float64).reshape(5, 2)
+    return [f"{v:.1f}" for v in pts[:, 0]] + [f"{v:.1f}" for v in pts[:, 1]]
+
+
 def row_values(source: str, frame: int, face_id: int, timestamp: float, confidence: float,
                box, au: np.ndarray | None, fer: np.ndarray | None, fer_classes: Sequence[str],
-               n_au: int) -> list:
-    """One CSV row: a face (``box`` set, ``au``/``fer`` probabilities when scored) or, with
-    ``box`` None, a no-face row."""
+               n_au: int, landmarks=None) -> list:
+    """One CSV row: a face (``box`` set, ``landmarks`` when the detector gives them, ``au``/``fer``
+    probabilities when scored) or, with ``box`` None, a no-face row."""
     row: list = [source, int(frame), int(face_id), f"{float(timestamp):.3f}"]
     if box is None:
-        row += [f"{0.0:.3f}", 0, "", "", "", ""]
+        row += [f"{0.0:.3f}", 0, "", "", "", ""] + landmark_values(None)
         row += ["", ""] * n_au
         row += [""] * (len(fer_classes) + 1) if fer_classes else []
         return row
-    row += [f"{float(confidence):.3f}", 1] + [int(v) for v in box]
+    row += [f"{float(confidence):.3f}", 1] + [int(v) for v in box] + landmark_values(landmarks)
     if n_au:
         for p in au:
             row += [int(p > AU_THRESHOLD), _p(p)]

@@ -28,6 +28,7 @@ class Row:
     au: np.ndarray | None = None
     fer: np.ndarray | None = None
     video: bool = False
+    landmarks: np.ndarray | None = None     # 5 x 2 source pixels (YuNet), None (Haar, no face)
 
 
 @dataclass
