@@ -40,22 +40,98 @@ def workspace_dir(override: str | os.PathLike | None = None) -> Path:
     return Path(os.environ.get(WORKSPACE_ENV, "clef_runs")).expanduser()
 
 
+def umask() -> int:
+    """The process's file-creation mask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "errno = 28", "os error 28")
+FULL_BELOW_BYTES = 1 << 20     # a write that failed with less free space than this failed for lack of it
+
+
+def free_bytes(folder: str | os.PathLike) -> int | None:
+    """Space a new write to ``folder`` may use (root may use the reserved blocks too); None if unknown."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    blocks = st.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else st.f_bavail
+    return int(blocks) * int(st.f_frsize)
+
+
+def is_disk_full(exc: BaseException, folder: str | os.PathLike | None = None) -> bool:
+    """Whether the failed write ``exc`` ran out of space: its errno or message says so (native libraries
+    raise their own types: FAISS and torch a RuntimeError, safetensors a SafetensorError, some without
+    the errno), or ``folder``'s file system has (almost) no free space left."""
+    if getattr(exc, "errno", None) in DISK_FULL_ERRNOS or any(t in str(exc) for t in _DISK_FULL_TEXTS):
+        return True
+    free = free_bytes(folder) if folder is not None else None
+    return free is not None and free < FULL_BELOW_BYTES
+
+
+def disk_full_error(exc: BaseException, target: str | os.PathLike, again: str | None = None):
+    """The :class:`~clefctl.errors.ClefError` for a write of ``target`` that ran out of space (what to
+    do: ``again``, default "run the same command again")."""
+    from clefctl.errors import ClefError
+
+    return ClefError(f"the disk is full: writing this file failed ({_first_line(exc)})", path=target,
+                     hint=f"free some space, then {again or 'run the same command again'}")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+
+
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+def writing(target: str | os.PathLike, again: str | None = None) -> Iterator[None]:
+    """Run the writes of ``target``: any error of a full disk (an ``OSError``, or a native library's
+    own error) becomes one :class:`~clefctl.errors.ClefError` naming ``target`` (see
+    :func:`disk_full_error`); other errors pass unchanged. Free space is judged when the write fails,
+    before anything is cleaned up."""
+    from clefctl.errors import ClefError
+
+    try:
+        yield
+    except ClefError:
+        raise
+    except Exception as exc:
+        if is_disk_full(exc, Path(target).parent):
+            raise disk_full_error(exc, target, again) from exc
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, again: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it over ``target`` only on success.
 
-    Readers never see a half-written file: either the old file or the complete new one.
+    Readers never see a half-written file: either the old file or the complete new one. The file
+    gets the mode any new file gets (0666 less the umask), not the temporary file's 0600. A write
+    that runs out of space is one :class:`~clefctl.errors.ClefError` naming ``target``
+    (:func:`writing`; ``again``: what to do after freeing space).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
-        yield tmp_path
-        os.replace(tmp_path, target)
+        with writing(target, again):
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            os.close(fd)
+            tmp_path = Path(tmp)
+            os.chmod(tmp_path, 0o666 & ~umask())
+            yield tmp_path
+            os.replace(tmp_path, target)
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 
