@@ -11,6 +11,8 @@ import json
 
 import click
 
+from clefctl.commands.options import face_options
+
 
 def summary_lines(res) -> list[str]:
     """The lines ``embed`` prints for an :class:`~clefctl.store.EmbedResult`."""
@@ -65,9 +67,11 @@ def summary_lines(res) -> list[str]:
 @click.option("--max-frames", default=None, type=click.IntRange(min=1), help="PATH...: at most this many frames per video.")
 @click.option("--overwrite", is_flag=True, help="Start the store again instead of resuming it.")
 @click.option("--workspace", default=None, type=click.Path(file_okay=False), help="Run folder root.")
+@face_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def embed(paths, dataset, dataset_root, data_root, split, weights, arch, trust_checkpoint, no_crop_cache, device, out,
-          batch_size, chunk_size, dtype, workers, index_kind, every, max_frames, overwrite, workspace, as_json) -> None:
+          batch_size, chunk_size, dtype, workers, index_kind, every, max_frames, overwrite, workspace, detector,
+          min_confidence, as_json) -> None:
     """Embed a data set's images, or every face of photos and videos, into a resumable HDF5 store
     (and build its FAISS index).
 
@@ -91,7 +95,8 @@ def embed(paths, dataset, dataset_root, data_root, split, weights, arch, trust_c
         dataset=dataset, dataset_root=dataset_root, data_root=data_root, split=split, weights=weights, arch=arch,
         trust_checkpoint=trust_checkpoint, crop_cache=not no_crop_cache, device=device, out=out, batch_size=batch_size, chunk_size=chunk_size,
         dtype=dtype, workers=workers, index=index_kind, overwrite=overwrite, workspace=workspace,
-        progress=not as_json, paths=tuple(paths), every=every, max_frames=max_frames))
+        progress=not as_json, paths=tuple(paths), every=every, max_frames=max_frames, detector=detector,
+        min_confidence=min_confidence))
     if not res.main:
         return
     if as_json:

@@ -489,6 +489,8 @@ class EmbedOptions:
     paths: tuple[str, ...] = ()         # photos, videos, folders, globs: one row per face (store/media.py)
     every: int = 1                      # paths: keep every N-th video frame
     max_frames: int | None = None       # paths: at most this many frames per video
+    detector: str = "auto"              # paths: auto | yunet | haar (clefctl.data.faces.choice)
+    min_confidence: float | None = None  # paths: the detector's score threshold
 
 
 @dataclass

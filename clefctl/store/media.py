@@ -33,11 +33,15 @@ from clefctl.store.layout import MEDIA_PREFIX
 from clefctl.store.layout import STRING_COLUMNS, Columns, normalise
 
 
-def media_image_set(files, every: int, max_frames: int | None) -> str:
+def media_image_set(files, every: int, max_frames: int | None, detector: dict | None = None) -> str:
     """The image-set name of a list of photos and videos sampled so: ``media-`` and 12 hex digits
-    of a hash of the absolute paths in order, ``every`` and ``max_frames`` (the same inputs give
-    the same store, so a rerun resumes it)."""
-    key = json.dumps({"files": [os.path.abspath(f) for f in files], "every": every, "max_frames": max_frames})
+    of a hash of the absolute paths in order, ``every``, ``max_frames`` and, for a detector other
+    than the Haar cascades (whose stores came first), the detector's description (the same inputs
+    and detector give the same store, so a rerun resumes it; another detector's crops get their own)."""
+    key = {"files": [os.path.abspath(f) for f in files], "every": every, "max_frames": max_frames}
+    if detector and detector.get("name") != "haar":
+        key["detector"] = detector
+    key = json.dumps(key, sort_keys=True)
     return MEDIA_PREFIX + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
 
 
@@ -115,11 +119,14 @@ class _Rows:
 def embed_media_into_store(model, inputs, store_path: str | os.PathLike, *, every: int = 1,
                            max_frames: int | None = None, batch_size: int = 64, chunk_size: int = 1024,
                            dtype: str = "float16", inference: str = "auto", progress: bool = True,
-                           overwrite: bool = False, image_set: str | None = None) -> tuple[EmbedReport, dict]:
+                           overwrite: bool = False, image_set: str | None = None,
+                           faces="auto") -> tuple[EmbedReport, dict]:
     """Embed every face of the photos and videos ``inputs`` (files, folders, globs) into the store
-    at ``store_path``, resuming it (see the module docstring). Returns the :class:`EmbedReport` and
-    the pipeline's counts (``frames``, ``faces``, ``no_face_frames``, ``sources``, ``fps``)."""
+    at ``store_path``, resuming it (see the module docstring); ``faces``: the ``--detector`` choice.
+    Returns the :class:`EmbedReport` and the pipeline's counts (``frames``, ``faces``,
+    ``no_face_frames``, ``sources``, ``fps``, ``detector``)."""
     from clefctl.data.faces import PipelineStats, expand_inputs, is_video, iter_faces, model_encoder
+    from clefctl.data.faces.choice import DetectorChoice, resolve_detector
     from clefctl.data.faces.video import video_frame_estimate
     from clefctl.model.inference import inference_dtype
     from clefctl.ui import progress_bar
@@ -127,11 +134,13 @@ def embed_media_into_store(model, inputs, store_path: str | os.PathLike, *, ever
     if batch_size < 1 or chunk_size < 1:
         raise ClefError("batch size and chunk size must be at least 1")
     files = [os.path.abspath(p) for p in expand_inputs(inputs)]
-    image_set = image_set or media_image_set(files, every, max_frames)
+    faces = faces if isinstance(faces, DetectorChoice) else resolve_detector(faces)
+    image_set = image_set or media_image_set(files, every, max_frames, faces.describe())
     store_path = Path(store_path)
     t0 = time.perf_counter()
     store = _open(model, store_path, image_set, dtype, overwrite,
-                  {"sources": len(files), "every": every, "max_frames": max_frames})
+                  {"sources": len(files), "every": every, "max_frames": max_frames,
+                   "detector": faces.describe()})
     stats = PipelineStats()
     resumed_from, rows, skipped_before = store.count, _Rows(_names(files)), set(store.skipped_ids)
     try:
@@ -141,7 +150,8 @@ def embed_media_into_store(model, inputs, store_path: str | os.PathLike, *, ever
         with progress_bar(f"embed {store_path.name}", total=total or None, enabled=progress and bool(todo)) as bar:
             if todo:
                 for ff in iter_faces(todo, every=every, max_frames=max_frames, size=model.image_size,
-                                     encoders=[model_encoder(model, inference)], batch_size=batch_size, stats=stats):
+                                     encoders=[model_encoder(model, inference)], batch_size=batch_size, stats=stats,
+                                     faces=faces):
                     bar.advance()
                     if ff.unreadable:
                         if os.path.abspath(ff.source) not in skipped_before:
@@ -161,7 +171,7 @@ def embed_media_into_store(model, inputs, store_path: str | os.PathLike, *, ever
     finally:
         store.close()
     counts = {"sources": len(files), "frames": stats.frames, "faces": stats.faces,
-              "no_face_frames": stats.no_face_frames,
+              "no_face_frames": stats.no_face_frames, "detector": faces.describe(),
               "fps": round(stats.frames / seconds, 2) if seconds > 0 and stats.frames else None}
     return report, counts
 
@@ -187,8 +197,11 @@ def run_embed_media(opts) -> EmbedResult:
     if opts.dataset is not None:
         raise ClefError("give either --dataset or PATH... (photos, videos, folders), not both")
     ws = Workspace(opts.workspace)
+    from clefctl.data.faces.choice import resolve_detector
+
     files = [os.path.abspath(p) for p in expand_inputs(list(opts.paths))]
-    image_set = media_image_set(files, opts.every, opts.max_frames)
+    faces = resolve_detector(opts.detector, opts.min_confidence)
+    image_set = media_image_set(files, opts.every, opts.max_frames, faces.describe())
     choice = ws.resolve_model(opts.weights, arch=opts.arch,
                               hint="pass --weights model.pt (or --weights random for an untrained model)")
     model = choice.load(opts.device, trust_checkpoint=opts.trust_checkpoint, default_arch=opts.arch)
@@ -197,7 +210,8 @@ def run_embed_media(opts) -> EmbedResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     report, counts = embed_media_into_store(model, files, store_path, every=opts.every, max_frames=opts.max_frames,
                                             batch_size=opts.batch_size, chunk_size=opts.chunk_size, dtype=opts.dtype,
-                                            progress=opts.progress, overwrite=opts.overwrite, image_set=image_set)
+                                            progress=opts.progress, overwrite=opts.overwrite, image_set=image_set,
+                                            faces=faces)
     summary, run = {**report.to_dict(), **counts}, None
     if opts.index != "none" and report.rows:  # tuned on text queries, as a data set's store is (issue 16)
         summary["index"] = index_after_embed(store_path, opts.index, model, media_prompts(model),
@@ -207,6 +221,7 @@ def run_embed_media(opts) -> EmbedResult:
         run.save_config({"inputs": files, "every": opts.every, "max_frames": opts.max_frames, "image_set": image_set,
                          "arch": model.arch, "weights": choice.weights or "random", "fingerprint": model.fingerprint,
                          "store": STORE_NAME, "dtype": opts.dtype, "batch_size": opts.batch_size,
+                         "detector": faces.describe(),
                          "chunk_size": opts.chunk_size})
         write_json_atomic(run_dir / "report.json", summary)
         ws.set_latest(run)
