@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from clefctl.commands.options import face_options
+
 from clefctl.commands.types import Finite
 
 
@@ -43,11 +45,12 @@ def data() -> None:
                    "pre-training samples (as pretrain --max-frames).")
 @click.option("--margin", default=0.25, show_default=True, type=Finite(min=0, max=4),
               help="Context around the face box on each side, as a fraction of the box.")
-@click.option("--no-align", is_flag=True, help="Do not rotate crops to level the eyes.")
+@click.option("--no-align", is_flag=True, help="Do not align crops (no landmark template, no eye levelling).")
+@face_options
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def prepare_cmd(inputs, dataset, data_root, dataset_root, mode, out_dir, size, workers, every, max_frames,
-                margin, no_align, no_progress, as_json) -> None:
+                margin, no_align, detector, min_confidence, no_progress, as_json) -> None:
     """Crop faces: of your photos and videos (INPUTS --out DIR: crops + faces.csv), or of a whole-frame
     data set once, into the face-crop cache that training, evaluation and embedding then read
     (--dataset; resumable: run it again after a kill).
@@ -62,29 +65,32 @@ def prepare_cmd(inputs, dataset, data_root, dataset_root, mode, out_dir, size, w
         if out_dir is not None or every != 1:
             raise click.UsageError("--out and --every go with INPUTS, not --dataset")
         _prepare_dataset(dataset, data_root, dataset_root, mode, size, workers, max_frames, margin, no_align,
-                         not (no_progress or as_json), as_json)
+                         not (no_progress or as_json), as_json, detector, min_confidence)
         return
     if out_dir is None:
         raise click.UsageError("INPUTS need --out DIR")
     if any(v is not None for v in (dataset_root, mode, workers)):
         raise click.UsageError("--dataset-root, --mode and --workers go with --dataset")
     _prepare_inputs(list(inputs), out_dir, size or 224, every, max_frames, margin, no_align,
-                    not (no_progress or as_json), as_json)
+                    not (no_progress or as_json), as_json, detector, min_confidence)
 
 
-def _prepare_inputs(inputs, out_dir, size, every, max_frames, margin, no_align, progress, as_json) -> None:
+def _prepare_inputs(inputs, out_dir, size, every, max_frames, margin, no_align, progress, as_json,
+                    detector, min_confidence) -> None:
     import json as _json
 
     from clefctl.data.faces import prepare
+    from clefctl.data.faces.choice import resolve_detector
 
     report = prepare(inputs, out_dir, size=size, every=every, max_frames=max_frames,
-                     margin=margin, align=not no_align, progress=progress)
+                     margin=margin, align=not no_align, progress=progress,
+                     detector=resolve_detector(detector, min_confidence))
     if as_json:
         click.echo(_json.dumps(report.to_dict(), indent=2))
         return
     click.echo(f"images: {report.images}  videos: {report.videos} ({report.frames} frames)  "
                f"faces found: {report.faces}/{report.processed}  "
-               f"unreadable: {len(report.unreadable)}")
+               f"unreadable: {len(report.unreadable)}  detector: {report.detector.get('name')}")
     _listing("no face", report.no_face)
     _listing("unreadable, skipped", report.unreadable)
     click.echo(f"wrote {report.csv_path}")
@@ -101,12 +107,15 @@ def _listing(what: str, items: list[str], limit: int | None = None) -> None:
 
 
 def _prepare_dataset(dataset, data_root, dataset_root, mode, size, workers, max_frames, margin, no_align,
-                     progress, as_json) -> None:
+                     progress, as_json, detector="auto", min_confidence=None) -> None:
     import json as _json
 
     from clefctl.data.crops import CropSettings, prepare_dataset
+    from clefctl.data.faces.choice import resolve_detector
 
-    settings = CropSettings(size=size or 256, margin=margin, align=not no_align)
+    choice = resolve_detector(detector, min_confidence)
+    settings = CropSettings(size=size or 256, margin=margin, align=not no_align, detector=choice.kind,
+                            model=choice.model, min_confidence=choice.min_confidence)
     report = prepare_dataset(dataset, root=dataset_root, data_root=data_root, settings=settings, workers=workers,
                              mode=mode, max_frames=max_frames, progress=progress)
     if as_json:
@@ -119,7 +128,7 @@ def _prepare_dataset(dataset, data_root, dataset_root, mode, size, workers, max_
                f"no face: {c.get('no_face', 0)}  unreadable: {c.get('unreadable', 0)}")
     _listing("no face, left out", report.no_face, limit=20)
     _listing("unreadable, left out", report.unreadable, limit=20)
-    click.echo(f"cache: {report.cache}")
+    click.echo(f"cache: {report.cache} (detector: {settings.detector})")
 
 
 # --- list, folds: registry and subject folds (clefctl.data, clefctl.data.folds) ----------

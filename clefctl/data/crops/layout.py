@@ -3,8 +3,9 @@
 A cache is one folder under :func:`cache_base` (``$CLEF_CROP_CACHE``, else ``<cache>/crops``,
 :func:`clefctl.paths.cache_dir`) named ``<data set folder>-<size>px-<key hash>``. The key
 (:func:`cache_key`, kept as ``key.json``) is everything the crops depend on: the data set's root
-(resolved), the crop size and margin, eye alignment, the detector's settings and
-:data:`VERSION` of this code. Inside::
+(resolved), the crop size and margin, alignment, the detector (``yunet`` with its settings and the
+alignment template, or ``haar`` with its cascades') and :data:`VERSION` of this code; caches of an
+older version (version 1: Haar only) are stale and a job says so. Inside::
 
     key.json              the key
     crops/<rel>.jpg       one aligned square crop per frame, mirroring the frame's path under the root
@@ -15,8 +16,9 @@ A cache is one folder under :func:`cache_base` (``$CLEF_CROP_CACHE``, else ``<ca
 
 An entry (:class:`Entries`, one row per source frame) holds the frame's path relative to the root,
 its size and modification time when it was cropped (to tell a changed frame), a status
-(:data:`STATUS_NAMES`), the face box in the frame's full-resolution pixels (x, y, w, h) and the
-rotation in degrees that levelled the eyes. Files are numpy arrays without pickles.
+(:data:`STATUS_NAMES`), the face box in the frame's full-resolution pixels (x, y, w, h), the eye
+line's tilt in degrees that the crop removes and, from YuNet, the 5 landmarks in full-resolution
+pixels (x0..x4, y0..y4; NaN from Haar). Files are numpy arrays without pickles.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import numpy as np
 
 from clefctl.paths import cache_dir
 
-VERSION = 1
+VERSION = 2                    # 2: the detector (YuNet + landmark template, or Haar) is part of the key
 DEFAULT_SIZE = 256
 DEFAULT_MARGIN = 0.25
 STATUS_FACE, STATUS_NEIGHBOUR, STATUS_NO_FACE, STATUS_UNREADABLE = 0, 1, 2, 3
@@ -45,28 +47,36 @@ _OUTSIDE = "_outside"
 
 @dataclass(frozen=True)
 class CropSettings:
-    """What a crop depends on besides the image: output side, margin, eye alignment, and the detector's
-    setting: ``"frames"`` (camera frames with one large face: :meth:`HaarDetector.for_frames`) or
-    ``"photos"`` (a manifest's or folder's own photos, faces from 1/20 of the shorter side:
-    :meth:`HaarDetector.for_photos`)."""
+    """What a crop depends on besides the image: output side, margin, alignment, the detector
+    (``detector``: ``yunet`` with its ``model`` file, or ``haar``; resolved from ``--detector`` by the
+    parent process: workers never download), its ``min_confidence``, and its setting: ``"frames"``
+    (camera frames with one large face) or ``"photos"`` (a manifest's or folder's own photos, faces
+    of any size)."""
 
     size: int = DEFAULT_SIZE
     margin: float = DEFAULT_MARGIN
     align: bool = True
     setting: str = "frames"
+    detector: str = "haar"
+    model: str | None = None
+    min_confidence: float | None = None
 
-    def detector(self):
-        from clefctl.data.faces.detect import HaarDetector
+    def choice(self):
+        from clefctl.data.faces.choice import DetectorChoice
 
+        return DetectorChoice(self.detector, self.model, self.min_confidence)
+
+    def make_detector(self):
         if self.setting not in ("frames", "photos"):
             from clefctl.errors import ClefError
 
             raise ClefError(f"unknown detector setting {self.setting!r}", hint="use frames or photos")
-        return HaarDetector.for_frames() if self.setting == "frames" else HaarDetector.for_photos()
+        return self.choice().make(self.setting)
 
     def to_dict(self) -> dict:
         return {"size": int(self.size), "margin": float(self.margin), "align": bool(self.align),
-                "setting": self.setting}
+                "setting": self.setting, "detector": self.detector, "model": self.model,
+                "min_confidence": self.min_confidence}
 
 
 def cache_base() -> Path:
@@ -83,9 +93,16 @@ def source_base(root: Path) -> Path:
 
 def cache_key(root: Path, settings: CropSettings) -> dict:
     """The key of the cache for data set folder ``root`` made with ``settings``."""
-    return {"version": VERSION, "root": str(Path(root).expanduser().resolve()), **settings.to_dict(),
-            "detector": settings.detector().describe(), "eyes": {"cascade": "haarcascade_eye.xml", "width": 96},
-            "neighbour_gap": NEIGHBOUR_GAP}
+    from clefctl.data.faces.template import TEMPLATE_NAME
+
+    d = settings.to_dict()
+    d.pop("model")  # where the file lies is no part of what the crops are (its checksum is pinned)
+    if settings.detector == "yunet":
+        align = {"template": TEMPLATE_NAME}
+    else:
+        align = {"eyes": {"cascade": "haarcascade_eye.xml", "width": 96}}
+    return {"version": VERSION, "root": str(Path(root).expanduser().resolve()), **d,
+            "detector": settings.make_detector().describe(), **align, "neighbour_gap": NEIGHBOUR_GAP}
 
 
 def cache_folder(root: Path, settings: CropSettings) -> Path:
@@ -103,8 +120,9 @@ def read_key(folder: Path) -> dict | None:
         return None
 
 
-def caches_of(root: Path) -> list[tuple[Path, dict]]:
-    """(folder, key) of every cache made for ``root`` by this version, any size or margin."""
+def caches_of(root: Path, version: int | None = VERSION) -> list[tuple[Path, dict]]:
+    """(folder, key) of every cache made for ``root`` by this version (``version`` None: any
+    version), any size, margin or detector."""
     want = str(Path(root).expanduser().resolve())
     base = cache_base()
     if not base.is_dir():
@@ -112,7 +130,7 @@ def caches_of(root: Path) -> list[tuple[Path, dict]]:
     found = []
     for folder in sorted(base.iterdir()):
         key = read_key(folder) if folder.is_dir() else None
-        if key and key.get("root") == want and key.get("version") == VERSION:
+        if key and key.get("root") == want and (version is None or key.get("version") == version):
             found.append((folder, key))
     return found
 
@@ -165,7 +183,8 @@ def crop_rel(rel: str) -> str:
 @dataclass
 class Entries:
     """Entries as parallel arrays: ``rel`` (str), ``size`` and ``mtime`` (int64, the source's bytes and
-    st_mtime_ns), ``status`` (uint8), ``box`` (int32, (n, 4)), ``angle`` (float32)."""
+    st_mtime_ns), ``status`` (uint8), ``box`` (int32, (n, 4)), ``angle`` (float32), ``landmarks``
+    (float32, (n, 10): x0..x4, y0..y4 in full-resolution pixels; NaN without landmarks)."""
 
     rel: np.ndarray
     size: np.ndarray
@@ -173,8 +192,9 @@ class Entries:
     status: np.ndarray
     box: np.ndarray
     angle: np.ndarray
+    landmarks: np.ndarray
 
-    FIELDS = ("rel", "size", "mtime", "status", "box", "angle")
+    FIELDS = ("rel", "size", "mtime", "status", "box", "angle", "landmarks")
 
     @classmethod
     def empty(cls) -> "Entries":
@@ -182,13 +202,15 @@ class Entries:
 
     @classmethod
     def from_rows(cls, rows: list[tuple]) -> "Entries":
-        """From ``(rel, size, mtime, status, (x, y, w, h), angle)`` tuples."""
+        """From ``(rel, size, mtime, status, (x, y, w, h), angle[, landmarks 5 x 2 or None])`` tuples."""
         return cls(rel=np.array([r[0] for r in rows], dtype=str),
                    size=np.array([r[1] for r in rows], dtype=np.int64),
                    mtime=np.array([r[2] for r in rows], dtype=np.int64),
                    status=np.array([r[3] for r in rows], dtype=np.uint8),
                    box=np.array([r[4] for r in rows], dtype=np.int32).reshape(-1, 4),
-                   angle=np.array([r[5] for r in rows], dtype=np.float32))
+                   angle=np.array([r[5] for r in rows], dtype=np.float32),
+                   landmarks=np.array([_flat_landmarks(r[6] if len(r) > 6 else None) for r in rows],
+                                      dtype=np.float32).reshape(-1, 10))
 
     def __len__(self) -> int:
         return len(self.rel)
@@ -218,6 +240,13 @@ class Entries:
         _, first_in_reversed = np.unique(whole.rel[::-1], return_index=True)
         keep = np.sort(len(whole) - 1 - first_in_reversed)
         return cls(**{f: getattr(whole, f)[keep] for f in cls.FIELDS})
+
+
+def _flat_landmarks(points) -> list[float]:
+    if points is None:
+        return [float("nan")] * 10
+    p = np.asarray(points, np.float64).reshape(5, 2)
+    return p[:, 0].tolist() + p[:, 1].tolist()
 
 
 def is_fresh(entries: "Entries", i: int, path: str, folder: Path) -> bool:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clefctl.data.crops.layout import (STATUS_FACE, STATUS_NEIGHBOUR, Entries, bundle_frames, caches_of, crop_rel,
-                                       is_fresh, sample_rels)
+from clefctl.data.crops.layout import (STATUS_FACE, STATUS_NEIGHBOUR, VERSION, Entries, bundle_frames, caches_of,
+                                       crop_rel, is_fresh, read_key, sample_rels)
 
 STALE_SAMPLE = 256
 HINT_MIN_FRAMES = 1000   # below this many frames the cache is not worth suggesting
@@ -69,7 +69,9 @@ class CropCache:
 
     def describe(self) -> dict:
         """For a run's config: which cache, what size, how many frames left out."""
-        return {"folder": str(self.folder), "size": self.size, "left_out": len(self.left_out)}
+        key = read_key(self.folder) or {}
+        return {"folder": str(self.folder), "size": self.size, "left_out": len(self.left_out),
+                "detector": _detector_name(key), "template": key.get("template")}
 
 
 def _prepare_line(bundle) -> str:
@@ -100,15 +102,26 @@ def _stale(folder: Path, entries: Entries, rows: dict[str, int], frames: list[tu
     return [frames[k][0] for k in picks if not is_fresh(entries, rows[frames[k][0]], frames[k][1], folder)]
 
 
+def _detector_name(key: dict) -> str:
+    det = key.get("detector")
+    return str(det.get("name") if isinstance(det, dict) else det)
+
+
 def _pick(bundle, image_size: int):
     """(folder, complete record) of the cache to try, or (None, reason to warn about or None)."""
     found = caches_of(bundle.root)
     if not found:
+        old = [f for f, k in caches_of(bundle.root, version=None) if k.get("version") != VERSION]
+        if old:
+            return None, (f"the face-crop cache {old[0]} is stale: an older clefctl made it with the Haar "
+                          "cascades, without landmark alignment: full frames are read; rebuild it with "
+                          f"`{_prepare_line(bundle)}`")
         return None, None
     done = [(f, k, c) for f, k in found if (c := _complete(f)) is not None]
     fits = [(f, k, c) for f, k, c in done if int(k["size"]) >= int(image_size)]
-    if fits:
-        folder, key, record = min(fits, key=lambda t: (int(t[1]["size"]), -os.path.getmtime(t[0] / "complete.json")))
+    if fits:  # the smallest that fits; YuNet's aligned crops before Haar's; the newest
+        folder, key, record = min(fits, key=lambda t: (int(t[1]["size"]), _detector_name(t[1]) != "yunet",
+                                                        -os.path.getmtime(t[0] / "complete.json")))
         return (folder, record), None
     if done:
         sizes = ", ".join(sorted({f"{k['size']} px" for _, k, _ in done}))
