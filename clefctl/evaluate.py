@@ -312,6 +312,7 @@ def evaluate_checkpoint(checkpoint: str, dataset: str | None = None, split: str 
     from clefctl import reports
     from clefctl.data import load_dataset
     from clefctl.data.folds import load_folds, samples_in_split
+    from clefctl.model.formats import check_head
 
     choice = Workspace(workspace).resolve_model(checkpoint, stages=("finetune",))
     checkpoint = choice.weights
@@ -322,6 +323,7 @@ def evaluate_checkpoint(checkpoint: str, dataset: str | None = None, split: str 
     if meta.get("stage") != "finetune":
         raise ClefError("not a fine-tuned clefctl checkpoint (no class-name embeddings)", path=checkpoint,
                         hint="evaluate the model.pt of a `clefctl finetune` run")
+    check_head(meta, model.load_report.extras, model.embed_dim, checkpoint, scoring=True)
     name = dataset or meta["dataset"]
     run_cfg = ck_run.config() if (run_dir / "config.yaml").is_file() else {}
     opts = run_cfg.get("options", {})

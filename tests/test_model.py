@@ -137,8 +137,8 @@ def test_safetensors(tmp_path):
 
 def test_clefctl_checkpoint_carries_arch_and_extras(tmp_path):
     src = M.create("clef-tiny", seed=5)
-    names = src.encode_texts(TEXTS)
-    path = M.save_checkpoint(tmp_path / "ck.pt", src, {"stage": "finetune", "classes": ["AU12", "AU4"]},
+    names = src.encode_texts(TEXTS[:2])  # one name embedding per class (a mismatch is refused: test_model_strict)
+    path = M.save_checkpoint(tmp_path / "ck.pt", src, {"stage": "finetune", "task": "au", "classes": ["AU12", "AU4"]},
                              extras={"name_embeddings": names})
     m = M.create(weights=str(path))  # arch left at its default: the checkpoint's wins
     assert m.arch == "clef-tiny" and m.load_report.source == "clefctl"

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from clefctl.errors import ClefError
 from clefctl.model.configs import _add_stem, _arch_uses_quick_gelu, register_configs
-from clefctl.model.formats import (LoadReport, _apply_state_dict, _detect_source, _unwrap, read_weights_file,
-                                   sha256_file)
+from clefctl.model.formats import (LoadReport, _apply_state_dict, _detect_source, _unwrap, check_head,
+                                   read_weights_file, sha256_file)
 
 log = logging.getLogger("clefctl.model")
 
@@ -207,7 +207,10 @@ def create(arch: str = "ViT-B-16", weights: str | None = None, device: str | Non
     for note in report.notes:
         log.info("%s", note)
     clip.to(dev).eval()
-    return ClefModel(clip, arch, fingerprint, preprocess, tokenizer, dev, report, quick_gelu)
+    model = ClefModel(clip, arch, fingerprint, preprocess, tokenizer, dev, report, quick_gelu)
+    if report.meta or report.extras:  # a fine-tuned model: its classes, task and scoring tensors agree
+        check_head(report.meta, report.extras, model.embed_dim, report.path)
+    return model
 
 
 def read_file_weights(path: Path, arch: str, report: LoadReport, *, trust_checkpoint: bool = False,

@@ -292,7 +292,7 @@ def create_text(arch: str = "ViT-B-16", weights: str | None = None, device: str 
     folders, pretrained tags, other text towers, a file whose text keys do not fit) returns the
     full :class:`~clefctl.model.ClefModel` of :func:`~clefctl.model.create`."""
     from clefctl.model.factory import create, read_file_weights, resolve_device
-    from clefctl.model.formats import LoadReport, sha256_file_cached
+    from clefctl.model.formats import LoadReport, check_head, sha256_file_cached
     from clefctl.weights import hub
 
     def full():
@@ -323,4 +323,7 @@ def create_text(arch: str = "ViT-B-16", weights: str | None = None, device: str 
     tokenizer = simple_tokenizer(int(cfg["text_cfg"].get("context_length", 77)))
     for note in report.notes:
         log.info("%s", note)
-    return TextModel(tower, arch_used, fingerprint, tokenizer, report, quick_gelu, dev)
+    model = TextModel(tower, arch_used, fingerprint, tokenizer, report, quick_gelu, dev)
+    if report.meta or report.extras:
+        check_head(report.meta, report.extras, model.embed_dim, path)
+    return model

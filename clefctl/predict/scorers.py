@@ -35,12 +35,14 @@ class Predictor:
     @classmethod
     def load(cls, checkpoint: str | Path, device=None, trust_checkpoint: bool = False) -> "Predictor":
         from clefctl.model import create
+        from clefctl.model.formats import check_head
 
         model = create(weights=str(checkpoint), device=device, trust_checkpoint=trust_checkpoint)
         if model.meta.get("stage") != "finetune":
             raise ClefError("not a fine-tuned clefctl checkpoint", path=checkpoint,
                             hint="use the model.pt of a `clefctl finetune` run, or score zero-shot with "
                                  "--weights and --prompts")
+        check_head(model.meta, model.load_report.extras, model.embed_dim, checkpoint, scoring=True)
         return cls(model, model.meta["task"], list(model.meta["classes"]))
 
     def score_features(self, feats: np.ndarray) -> np.ndarray:

@@ -186,7 +186,7 @@ def read_folder(path: str | Path) -> FolderModel:
         raise ClefError(f"model folder has no weights ({' or '.join(WEIGHTS_NAMES)})", path=path,
                         hint="the download or copy is incomplete")
     clef = _json(path / CLEF_NAME) if (path / CLEF_NAME).is_file() else {}
-    meta = dict(clef.get("checkpoint_meta") or {})
+    meta = _clef_meta(clef, path / CLEF_NAME)
     name = _arch_for(model_cfg, clef.get("arch"), path)
     obj, _ = read_weights_file(weights)
     sd, _, _ = _unwrap(obj)
@@ -194,6 +194,21 @@ def read_folder(path: str | Path) -> FolderModel:
     return FolderModel(path, name, quick, weights, sd, dict(cfg.get("preprocess_cfg") or {}), meta,
                        decode_extras(clef.get("extras") or {}, path / CLEF_NAME),
                        "clefctl-export" if clef else "open_clip-hub")
+
+
+def _clef_meta(clef: dict, path: Path) -> dict:
+    """``checkpoint_meta`` of a clefctl.json, checked: a mapping, ``extras`` a mapping, and the task and
+    classes the file states at its top level the same as the checkpoint's (one ClefError otherwise)."""
+    fix = "the folder was edited by hand or damaged: export it again with `clefctl export`"
+    meta, extras = clef.get("checkpoint_meta") or {}, clef.get("extras") or {}
+    for key, value in (("checkpoint_meta", meta), ("extras", extras)):
+        if not isinstance(value, dict):
+            raise ClefError(f"{key} is a {type(value).__name__}, not an object", path=path, hint=fix)
+    for key in ("task", "classes"):
+        if clef.get(key) is not None and meta.get(key) is not None and clef[key] != meta[key]:
+            raise ClefError(f"{key} says {str(clef[key])[:60]}, but checkpoint_meta.{key} says "
+                            f"{str(meta[key])[:60]}", path=path, hint=fix)
+    return dict(meta)
 
 
 def apply_preprocess(clip, preprocess, preprocess_cfg: dict):
