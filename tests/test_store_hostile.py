@@ -47,3 +47,71 @@ def test_stores_and_atomic_files_follow_the_umask(tmp_path):
     assert _mode(tmp_path / "s.h5") == 0o644
     assert _mode(tmp_path / "a.csv") == 0o644
     assert _mode(tmp_path / "b.csv") == 0o600
+
+
+# ----------------------------------------------------------------------------------------------
+# a cut or damaged store is refused in one line, never waited on (item 2)
+
+
+def _cli(args, timeout=90):
+    """``clefctl ARGS`` in a process of its own (a hang must fail the test, not stall the suite)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "clefctl.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_a_cut_store_is_refused_in_one_line_before_hdf5_reads_it(tmp_path):
+    path = small_store(tmp_path / "s.h5", rows=3000, dim=32)
+    cut = tmp_path / "t.h5"
+    cut.write_bytes(path.read_bytes()[:100_000])
+    r = _cli(["query", "smile", "--store", cut, "--weights", "random", "--arch", "clef-tiny"])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert str(cut) in lines[0] and "cut short" in lines[0] and "embed again" in lines[0]
+    with pytest.raises(ClefError, match="cut short"):
+        S.EmbeddingStore.open(cut)
+    with pytest.raises(ClefError, match="cut short"):
+        S.EmbeddingStore.open(cut, mode="a")
+
+
+_DAMAGE = r"""
+import sys
+from clefctl import store as S
+from clefctl.errors import ClefError
+path, out = sys.argv[1], sys.argv[2]
+data = open(path, "rb").read()
+found = []
+for off in range(512, 20_000, 256):            # damage 64 bytes at a time, from the start of the file
+    bad = f"{out}/bad{off}.h5"
+    open(bad, "wb").write(data[:off] + b"\xff" * 64 + data[off + 64:])
+    try:
+        with S.EmbeddingStore.open(bad) as st:
+            st.metadata(range(0, st.count, 97)), st.embeddings()
+    except ClefError as exc:
+        assert bad in str(exc) and "damaged" in str(exc), exc
+        found.append(bad)
+    except (OSError, RuntimeError):            # a damaged chunk index noticed in a later read: no hang either
+        found.append(bad)
+    if len(found) >= 3:
+        break
+print(found[-1] if len(found) >= 3 else "")
+"""
+
+
+def test_damaged_store_metadata_fails_fast_in_one_line(tmp_path):
+    """A damaged metadata block: HDF5's SWMR reader retried it for hours (doubling its sleep)."""
+    import subprocess
+    import sys
+
+    path = small_store(tmp_path / "s.h5", rows=3000, dim=32)
+    r = subprocess.run([sys.executable, "-c", _DAMAGE, str(path), str(tmp_path)], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    bad = r.stdout.strip()
+    assert r.returncode == 0 and bad, r.stderr[-2000:]
+    r = _cli(["query", "smile", "--store", bad, "--weights", "random", "--arch", "clef-tiny"], timeout=60)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]

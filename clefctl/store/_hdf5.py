@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import functools
 import os
 import re
 import struct
@@ -98,6 +99,41 @@ def clear_status_flags(path: str | os.PathLike) -> bool:
         f.flush()
         os.fsync(f.fileno())
     return True
+
+
+def check_hdf5_file(path: str | os.PathLike, wait_s: float = 1.0) -> None:
+    """Refuse, before HDF5 sees it, a file HDF5 would fail on slowly or badly: no HDF5 signature, a
+    version 2/3 superblock whose checksum (:func:`lookup3`) does not match, or a file shorter than the
+    end-of-file address its superblock records (a cut copy or download: HDF5's readers otherwise wait
+    on the missing bytes for many minutes). A live writer's file can be shorter for an instant (HDF5
+    writes the superblock before it extends the file), so a short file is read again for ``wait_s``
+    before it is refused. Older superblocks (versions 0/1) are left to HDF5, which checks their size."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(48)
+                size = os.fstat(f.fileno()).st_size
+        except IsADirectoryError:
+            raise ClefError("is a folder, not an embedding store (an HDF5 file)", path=path,
+                            hint="give the store's .h5 file") from None
+        if len(head) < 8 or head[:8] != _SIGNATURE:
+            raise ClefError("not an HDF5 file (no HDF5 signature at its start), so not an embedding store",
+                            path=path, hint="give a store written by `clefctl embed`, or embed again")
+        if head[8] not in (2, 3):
+            return
+        if len(head) < 48 or head[9] != 8 or head[10] != 8 or \
+                struct.unpack_from("<I", head, 44)[0] != lookup3(bytes(head[:44])):
+            raise ClefError("the HDF5 header of this store is damaged (its checksum does not match)", path=path,
+                            hint="copy the store again from where it came from, or embed again")
+        eof = struct.unpack_from("<Q", head, 28)[0]
+        if eof <= size:
+            return
+        if time.monotonic() >= deadline:
+            raise ClefError(f"the store is cut short: its HDF5 header says {eof:,} bytes, the file has {size:,} "
+                            "(an incomplete copy or download?)", path=path,
+                            hint="copy it again whole, or embed again")
+        time.sleep(0.05)
 
 
 class WriterLock(FileLock):
@@ -228,10 +264,51 @@ def open_h5_append(path: Path):
     return h5py_module().File(path, "a", libver="latest", locking=False)
 
 
+SWMR_READ_ATTEMPTS = 24        # HDF5's SWMR default, 100, sleeps 1 ns, 2 ns, 4 ns, ... : hours on a damaged file
+
+
+@functools.lru_cache(maxsize=None)
+def _read_attempts_setter():
+    """``H5Pset_metadata_read_attempts`` of the HDF5 library h5py runs on (h5py does not wrap it), found
+    among the libraries this process has loaded; None where it cannot be found."""
+    import ctypes
+
+    h5py_module()
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            libs = {line.split()[-1] for line in f if "libhdf5" in line and ".so" in line}
+    except OSError:
+        return None
+    for lib in sorted(libs):
+        if os.path.basename(lib).startswith("libhdf5_hl") or not os.path.isfile(lib):
+            continue
+        try:
+            fn = ctypes.CDLL(lib).H5Pset_metadata_read_attempts
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes, fn.restype = [ctypes.c_int64, ctypes.c_uint], ctypes.c_int
+        return fn
+    return None
+
+
+def _open_swmr_reader(h5py, path: Path):
+    """``h5py.File(path, "r", libver="latest", swmr=True)`` with at most :data:`SWMR_READ_ATTEMPTS`
+    reads of a metadata block whose checksum fails (a block a writer is rewriting that instant reads
+    whole within a few tries; HDF5's default retries a damaged block for hours, doubling its sleep)."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    setter = _read_attempts_setter()
+    if setter is not None:
+        setter(fapl.id, SWMR_READ_ATTEMPTS)
+    fid = h5py.h5f.open(os.fsencode(str(path)), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=fapl)
+    return h5py.File(fid)
+
+
 def open_writer_h5(path: Path, check=None, log=None):
     """The file of a store opened for appending in SWMR mode, by the holder of its writer lock:
     a dead writer's status flags are cleared first. ``check(h5, path)`` runs before the switch
     to SWMR (it closes the file when it raises)."""
+    check_hdf5_file(path)
     try:
         h5 = open_h5_append(path)
     except OSError as exc:
@@ -257,11 +334,12 @@ def open_writer_h5(path: Path, check=None, log=None):
 def open_reader(path: Path, wait_s: float = 10.0):
     """An SWMR reader (consistent while a writer appends); recovers a dead writer's flags."""
     h5py = h5py_module()
+    check_hdf5_file(path)
     deadline = time.monotonic() + wait_s
     recovered = False
     while True:
         try:
-            return h5py.File(path, "r", libver="latest", swmr=True)
+            return _open_swmr_reader(h5py, path)
         except OSError as exc:
             if _is_lock_error(exc) and time.monotonic() < deadline:
                 time.sleep(0.05)  # a text-cache write holds the file for a moment

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from clefctl.errors import ClefError
-from clefctl.store._hdf5 import fence, h5py_module, now, write_error
+from clefctl.store._hdf5 import fence, first_line, h5py_module, now, write_error
 
 SCHEMA_VERSION = 1
 DTYPES = ("float16", "float32")
@@ -77,11 +77,22 @@ def _chunk_rows(dim: int, itemsize: int) -> int:
 
 
 def check_schema(h5, path) -> None:
-    """Refuse (closing ``h5``) a file that is not a store, or of a newer schema."""
-    version = h5.attrs.get("clefctl_store")
+    """Refuse (closing ``h5``) a file that is not a store, of a newer schema, or damaged: the object
+    headers of every dataset are read now, so a damaged file fails here in one line, not in a later read."""
+    try:
+        version = h5.attrs.get("clefctl_store")
+        if version is not None:
+            for group in ("images", "skipped"):
+                h5[group].visititems(lambda _name, _obj: None)
+            h5["state"].shape
+    except (KeyError, OSError, RuntimeError, ValueError) as exc:
+        h5.close()
+        raise ClefError(f"the store is damaged: HDF5 cannot read it ({first_line(exc)})", path=path,
+                        hint="copy it again whole from where it came from, or embed again") from None
     if version is None:
         h5.close()
-        raise ClefError("not a clefctl embedding store (no clefctl_store attribute)", path=path)
+        raise ClefError("not a clefctl embedding store, or a damaged one (no readable clefctl_store attribute)",
+                        path=path)
     if int(version) > SCHEMA_VERSION:
         h5.close()
         raise ClefError(f"store schema {int(version)} is newer than this clefctl understands "
