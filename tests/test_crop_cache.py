@@ -366,3 +366,22 @@ def test_ctrl_c_keeps_the_finished_runs_and_says_how_to_go_on(frames, monkeypatc
     monkeypatch.setattr(worker, "crop_run", real)
     again = prepare_dataset("bp4d", root=root, settings=SMALL, workers=1, chunk=4, progress=False)
     assert again.reused == 8 and again.cropped_now == 64 and (folder / "complete.json").exists()
+
+
+def test_a_cache_of_an_older_version_is_stale_and_says_so(frames):
+    """A cache made before the detector was part of the key (version 1: Haar only) is never read: one
+    warning names it as stale and the command that rebuilds it."""
+    import json
+
+    from clefctl.data import load_dataset
+    from clefctl.data.crops import crop_cache_for
+
+    root, _ = frames
+    report = prepare_dataset("bp4d", root=root, settings=SMALL, workers=1, progress=False)
+    key_file = Path(report.cache) / "key.json"
+    key = json.loads(key_file.read_text())
+    key["version"] = 1
+    key_file.write_text(json.dumps(key))
+    with pytest.warns(UserWarning, match="stale: an older clefctl made it with the Haar cascades") as rec:
+        assert crop_cache_for(load_dataset("bp4d", root=str(root)), 32) is None
+    assert "clefctl data prepare --dataset bp4d" in str(rec[0].message)

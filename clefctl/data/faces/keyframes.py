@@ -53,7 +53,7 @@ class Found:
 @dataclass
 class _Followed:
     found: Found
-    template: np.ndarray          # _TEMPLATE x _TEMPLATE grey patch of the key frame
+    template: np.ndarray          # grey patch of the key frame, its longer side _TEMPLATE pixels
     key_confidence: float         # the detector's confidence on the key frame
     missed_keys: int = 0          # key frames in a row on which the detector missed it
 
@@ -67,13 +67,25 @@ def _iou(a, b) -> float:
     return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
+def _subpixel(line: np.ndarray, at: int) -> float:
+    """The offset (-0.5 .. 0.5) of a correlation peak from its whole-pixel position ``at``, from the
+    parabola through the peak and its two neighbours in ``line`` (0 at an edge of the search)."""
+    if at == 0 or len(line) < 3:
+        return 0.0
+    left, mid, right = (float(v) for v in line[:3])
+    den = left - 2.0 * mid + right
+    return float(np.clip(0.5 * (left - right) / den, -0.5, 0.5)) if den < 0 else 0.0
+
+
 def _template(grey: np.ndarray, box) -> np.ndarray | None:
     x, y, w, h = (int(round(v)) for v in box)
     H, W = grey.shape
     x0, y0, x1, y1 = max(0, x), max(0, y), min(W, x + w), min(H, y + h)
     if x1 - x0 < 4 or y1 - y0 < 4:
         return None
-    return cv2.resize(grey[y0:y1, x0:x1], (_TEMPLATE, _TEMPLATE), interpolation=cv2.INTER_AREA)
+    s = _TEMPLATE / max(w, h)  # the scale the search window gets in _follow: no squashing of a tall box
+    return cv2.resize(grey[y0:y1, x0:x1], (max(4, round((x1 - x0) * s)), max(4, round((y1 - y0) * s))),
+                      interpolation=cv2.INTER_AREA)
 
 
 class KeyframeDetector:
@@ -189,6 +201,9 @@ class KeyframeDetector:
         _, best, _, (bx, by) = cv2.minMaxLoc(score)
         if not np.isfinite(best) or best < threshold:
             return None
+        # the peak to a fraction of a pixel (a parabola through it and its neighbours): one pixel of
+        # the reduced search is max(w, h) / 24 source pixels, too coarse for the landmarks that follow
+        bx, by = bx + _subpixel(score[by, max(bx - 1, 0):bx + 2], bx), by + _subpixel(score[max(by - 1, 0):by + 2, bx], by)
         box = (x0 + bx / s, y0 + by / s, w, h)
         if box[0] + w <= 0 or box[1] + h <= 0 or box[0] >= W or box[1] >= H:
             return None
