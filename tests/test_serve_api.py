@@ -115,13 +115,14 @@ def test_image_search_by_upload_and_more_like_this(client, built):
     assert like["query"] == {"row": row, "id": built["ids"][row]}
     gone = client.get("/api/search", params={"image": "0" * 20})
     assert gone.status_code == 404 and "upload it again" in gone.json()["hint"]
-    junk = client.post("/api/search/image", content=b"not an image at all")
+    junk = client.post("/api/search/image", content=b"not an image at all", headers={"content-type": "image/png"})
     assert junk.status_code == 400 and "not an image" in junk.json()["error"]
 
 
 def test_upload_size_is_limited(explorer, built):
     with TestClient(create_app(explorer, max_upload_bytes=1000), base_url=BASE) as c:
-        big = c.post("/api/search/image", content=(built["images"] / "astronaut.png").read_bytes())
+        big = c.post("/api/search/image", content=(built["images"] / "astronaut.png").read_bytes(),
+                     headers={"content-type": "image/png"})
     assert big.status_code == 413 and "at most 1000" in big.json()["error"]
 
 
@@ -392,6 +393,52 @@ def test_host_guard_cross_site_posts_and_json_errors(explorer):
             explorer.info = original
         assert crash.status_code == 500 and crash.headers["content-type"] == "application/json"
         assert "ZeroDivisionError" in crash.json()["error"] and "Traceback" not in crash.text
+
+
+def test_writes_need_a_declared_type_and_the_same_origin(client, built):
+    """Issue 22, item 8: a page on another site (a sandboxed frame sends Origin: null) cannot post a
+    prompt set as text/plain, a form or with no type; the page's own JSON post still works."""
+    yaml_text = yaml.safe_dump(_edited(client))
+    for headers in ({"origin": "null", "content-type": "text/plain"},
+                    {"origin": "null", "content-type": "application/json"},
+                    {"content-type": "text/plain"},
+                    {"content-type": "application/x-www-form-urlencoded"},
+                    {},
+                    {"sec-fetch-site": "cross-site", "content-type": "application/yaml"},
+                    {"origin": "http://127.0.0.1:9999", "content-type": "application/yaml"}):
+        r = client.post("/api/rescore", content=yaml_text, headers=headers)
+        assert r.status_code in (403, 415), (headers, r.status_code, r.text)
+        assert r.headers["content-type"] == "application/json" and r.json()["status"] == r.status_code
+    image = (built["images"] / "lfw_05.png").read_bytes()
+    assert client.post("/api/search/image", content=image, headers={"content-type": "text/plain"}).status_code == 415
+    assert client.post("/api/search/image", content=image,
+                       headers={"content-type": "application/json"}).status_code == 415
+    ok = client.post("/api/rescore", content=yaml_text, headers={
+        "origin": BASE, "sec-fetch-site": "same-origin", "content-type": "application/yaml"})
+    assert ok.status_code == 200, ok.text
+
+
+def test_hostile_bodies_and_parameters_are_400_without_server_paths(client, built):
+    deep = client.post("/api/rescore", content="[" * 100_000 + "]" * 100_000,
+                       headers={"content-type": "application/json"})
+    assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]
+    digits = client.post("/api/rescore", content='{"prompts": {"dataset": ' + "9" * 5000 + "}}",
+                         headers={"content-type": "application/json"})
+    assert digits.status_code == 400 and digits.json()["status"] == 400
+    by = client.get("/api/search", params={"q": "a face", "by": "evil"})
+    assert by.status_code == 400 and "predicted" in by.json()["hint"] and "labels" in by.json()["hint"]
+    big = client.post("/api/rescore", content=b"x" * ((1 << 20) + 1), headers={"content-type": "application/yaml"})
+    assert big.status_code == 413 and "--max-upload-mb" not in big.text and "1 MB" in big.json()["hint"]
+    root = str(Path(built["store"]).parent)
+    linked = built["ids"].index("linked")  # a link out of the store's folders: refused, naming the file
+    for r in (client.get("/api/hit/999999"), client.get("/media/999999"), client.get(f"/media/{linked}/source"),
+              client.post("/api/rescore", content="dataset: x\ntask: au\ntemplates: [\n",
+                          headers={"content-type": "application/yaml"})):
+        assert r.status_code >= 400 and root not in r.text and "/tmp/" not in r.text, r.text
+    from clefctl.serve.app import _no_server_paths
+
+    assert _no_server_paths(f"cannot read {root}/store.h5: gone (see /api/info)") == \
+        "cannot read store.h5: gone (see /api/info)"
 
 
 def test_token_is_required_when_set(explorer):

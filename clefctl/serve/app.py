@@ -18,15 +18,17 @@ Routes (documented in docs/serve.md):
 Safety: requests that do not name the server by a loopback host are refused (403) unless a token
 is set (a DNS-rebinding guard); with a token (always on a non-loopback bind) every request must
 carry it (``Authorization: Bearer``, ``X-Clef-Token``, the cookie the page sets, or ``?token=``);
-a POST whose ``Origin`` is another site is refused; media are served by row only, never by a path;
+a state-changing request from another site (its ``Origin`` or ``Sec-Fetch-Site``) or without a
+declared non-form content type is refused; media are served by row only, never by a path;
 uploads are size-limited; every error is a JSON object ``{"error": ..., "status": ...}``, never a
-traceback page.
+traceback page, and names no absolute path of the server.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 from http.cookies import SimpleCookie
 from importlib import resources
@@ -38,6 +40,11 @@ from clefctl.serve.media import MediaError, media_type, thumb_size, thumbnail_jp
 log = logging.getLogger("clefctl.serve")
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# The content types a page on another site can send without asking first (CORS "simple" requests):
+# a state-changing request with one of them (or none) is refused, so every write needs a preflight.
+SIMPLE_TYPES = frozenset({"", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
+SAME_SITE_FETCH = frozenset({"same-origin", "none"})   # Sec-Fetch-Site values of the page itself, or typed
 TOKEN_COOKIE = "clef_token"
 DEFAULT_UPLOAD_BYTES = 16 << 20
 PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self'; style-src 'self'; "
@@ -63,10 +70,22 @@ def json_response(content, status: int = 200, headers: dict | None = None):
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
+_ABS_PATH = re.compile(r"(?<![\w.~/:])/(?:[^\s/'\":,;()]+/)+([^\s/'\":,;()]*)")
+
+
+def _no_server_paths(text: str) -> str:
+    """``text`` with every absolute file path of this machine cut to its last part: error bodies do not
+    tell a client where the server keeps its files (``/api/...`` and ``/media/...`` stay as they are)."""
+    def cut(m):
+        full = m.group(0)
+        return full if full.startswith(("/api/", "/media/", "/static/")) else m.group(1)
+    return _ABS_PATH.sub(cut, text)
+
+
 def error_response(status: int, message: str, hint: str | None = None):
-    doc = {"error": message, "status": status}
+    doc = {"error": _no_server_paths(message), "status": status}
     if hint:
-        doc["hint"] = hint
+        doc["hint"] = _no_server_paths(hint)
     return json_response(doc, status)
 
 
@@ -80,6 +99,36 @@ def _host_name(host: str) -> str:
     if host.startswith("["):
         return host[1:host.find("]")] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _write_refusal(headers: dict) -> tuple[int, str, str | None] | None:
+    """A state-changing request must come from this server's own page or a script, never another site:
+    its ``Origin`` (when sent; ``null`` from sandboxed frames and files is refused) names this host,
+    its ``Sec-Fetch-Site`` (when sent) is same-origin, and its content type is one that a foreign page
+    cannot send without a CORS preflight (which this server never grants)."""
+    origin = headers.get("origin")
+    if origin is not None:
+        origin_host = origin.split("://", 1)[-1].split("/", 1)[0].lower()
+        if origin.strip().lower() == "null" or origin_host != headers.get("host", "").lower():
+            return 403, f"cross-site request from {origin} refused", "post from this server's own page or a script"
+    site = headers.get("sec-fetch-site")
+    if site is not None and site.strip().lower() not in SAME_SITE_FETCH:
+        return 403, f"cross-site request refused (Sec-Fetch-Site: {site})", "post from this server's own page"
+    kind = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind in SIMPLE_TYPES:
+        return (415, f"a request that changes the server needs a declared content type, not {kind or 'none'}",
+                "send Content-Type: application/json (or application/yaml for /api/rescore, image/... "
+                "for /api/search/image)")
+    return None
+
+
+def require_type(request, allowed: tuple[str, ...], what: str) -> None:
+    """Refuse (415) a body whose content type is none of ``allowed`` (``image/`` matches any image)."""
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if not any(kind == a or (a.endswith("/") and kind.startswith(a)) for a in allowed):
+        raise MediaError(f"{request.url.path} takes {what}, not {kind or 'a body without a content type'}", 415,
+                         hint="set Content-Type to one of " + ", ".join(a + "*" if a.endswith("/") else a
+                                                                         for a in allowed))
 
 
 class Guard:
@@ -97,11 +146,8 @@ class Guard:
         if self.token is not None and not self._has_token(scope, headers):
             return (401, "this server needs its access token",
                     "open the URL printed at start (?token=...) or send 'Authorization: Bearer TOKEN'")
-        origin = headers.get("origin")
-        if scope.get("method") not in ("GET", "HEAD", "OPTIONS") and origin and origin != "null":
-            origin_host = origin.split("://", 1)[-1].split("/", 1)[0].lower()
-            if origin_host != headers.get("host", "").lower():
-                return 403, f"cross-site request from {origin} refused", None
+        if scope.get("method") not in SAFE_METHODS:
+            return _write_refusal(headers)
         return None
 
     def _has_token(self, scope, headers: dict) -> bool:
@@ -145,25 +191,32 @@ class Guard:
 # ----------------------------------------------------------------------------------------------
 
 
-async def read_body(request, limit: int) -> bytes:
-    """The request body, refused with 413 past ``limit`` bytes (checked while it streams in)."""
+UPLOAD_HINT = "upload a smaller image, or start the server with a larger --max-upload-mb"
+
+
+async def read_body(request, limit: int, hint: str = UPLOAD_HINT) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes (checked while it streams in); ``hint``
+    says what to do about it at this endpoint."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise MediaError(f"the upload is {int(declared)} bytes; this server takes at most {limit}", 413,
-                         hint="upload a smaller image, or start the server with a larger --max-upload-mb")
+        raise MediaError(f"the upload is {int(declared)} bytes; this server takes at most {limit}", 413, hint=hint)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise MediaError(f"the upload is over {limit} bytes, the most this server takes", 413,
-                             hint="upload a smaller image, or start the server with a larger --max-upload-mb")
+            raise MediaError(f"the upload is over {limit} bytes, the most this server takes", 413, hint=hint)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
+FILTER_BY = ("predicted", "labels")
+
+
 def _page_args(q) -> dict:
-    return {"k": q.get("k", 60), "offset": q.get("offset", 0), "classes": q.get("classes", ""),
-            "by": q.get("by", "predicted")}
+    by = q.get("by", "predicted")
+    if by not in FILTER_BY:
+        raise ClefError(f"by={by[:40]!r} is not a filter", hint=f"use by={' or by='.join(FILTER_BY)}")
+    return {"k": q.get("k", 60), "offset": q.get("offset", 0), "classes": q.get("classes", ""), "by": by}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,11 +258,17 @@ async def search(request):
                                     **_page_args(q)))
 
 
+IMAGE_TYPES = ("image/", "application/octet-stream")
+PROMPT_TYPES = ("application/json", "application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+
+
 async def search_image(request):
     ex, q = _ex(request), request.query_params
+    require_type(request, IMAGE_TYPES, "an image file as the body")
+    args = _page_args(q)
     data = await read_body(request, request.app.state.max_upload_bytes)
     key = await _run(ex.add_image, data)
-    doc = await _run(ex.search, image=key, **_page_args(q))
+    doc = await _run(ex.search, image=key, **args)
     doc["image"] = key
     return json_response(doc)
 
@@ -239,7 +298,9 @@ async def explain(request):
 async def rescore(request):
     from clefctl.serve.classes import MAX_PROMPT_BYTES, parse_edited
 
-    body = await read_body(request, MAX_PROMPT_BYTES)
+    require_type(request, PROMPT_TYPES, "a prompt set as JSON or YAML")
+    body = await read_body(request, MAX_PROMPT_BYTES, hint=f"a prompt set is at most {MAX_PROMPT_BYTES >> 20} MB: "
+                                                          "post fewer classes or shorter descriptions")
     prompts_, mode = parse_edited(body, request.headers.get("content-type", ""))
     return json_response(await _run(_ex(request).rescore, prompts_, mode))
 
@@ -284,7 +345,8 @@ async def http_error(request, exc):
 
 
 async def clef_error(request, exc):
-    where = (f"{exc.path}:{exc.line}: " if exc.line is not None else f"{exc.path}: ") if exc.path else ""
+    name = exc.path.rstrip("/").rsplit("/", 1)[-1] if exc.path and exc.path.startswith("/") else exc.path
+    where = (f"{name}:{exc.line}: " if exc.line is not None else f"{name}: ") if name else ""
     return error_response(getattr(exc, "status", 400), where + exc.bare_message, exc.hint)
 
 

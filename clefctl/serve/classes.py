@@ -63,10 +63,6 @@ def parse_edited(body: bytes, content_type: str) -> tuple[object, str | None]:
     ``{"prompts": <that object, or YAML text>, "mode": "names"}``; any other content type: YAML text.
     Validation errors name the line (YAML) and say what is wrong.
     """
-    import json
-
-    from clefctl.prompts import PromptSet, parse_prompts
-
     source = "POST /api/rescore"
     if len(body) > MAX_PROMPT_BYTES:
         raise ClefError(f"the prompt set is {len(body)} bytes; at most {MAX_PROMPT_BYTES} are taken")
@@ -76,6 +72,23 @@ def parse_edited(body: bytes, content_type: str) -> tuple[object, str | None]:
         raise ClefError(f"the prompt set is not UTF-8 text ({exc})") from None
     if not text.strip():
         raise ClefError("the request has no prompt set", hint="post the edited set as JSON or YAML")
+    try:
+        return _parse(text, content_type, source)
+    except RecursionError:
+        raise ClefError("the prompt set is nested too deeply", path=source,
+                        hint="post the set in its schema form (dataset, task, templates, classes)") from None
+    except ClefError:
+        raise
+    except ValueError as exc:  # e.g. an integer of thousands of digits
+        raise ClefError(f"the prompt set holds a value that cannot be read ({str(exc)[:120]})", path=source) \
+            from None
+
+
+def _parse(text: str, content_type: str, source: str) -> tuple[object, str | None]:
+    import json
+
+    from clefctl.prompts import PromptSet, parse_prompts
+
     if "json" not in (content_type or ""):
         return parse_prompts(text, source), None
     try:
