@@ -115,3 +115,42 @@ def test_damaged_store_metadata_fails_fast_in_one_line(tmp_path):
     assert r.returncode == 0 and bad, r.stderr[-2000:]
     r = _cli(["query", "smile", "--store", bad, "--weights", "random", "--arch", "clef-tiny"], timeout=60)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------------------------
+# the index's files are checked before FAISS opens them (item 1)
+
+TINY = "clef-tiny@random:0"     # the fingerprint of `--weights random --arch clef-tiny`
+
+
+def test_a_cut_or_changed_index_file_is_stale_never_a_crash(tmp_path):
+    from clefctl.store import index as I
+
+    path = small_store(tmp_path / "s.h5", rows=3000, dim=128, fp=TINY)
+    I.build_index(path, "ivf-ondisk", I.IndexParams(nlist=16, nprobe=16))
+    lists = I.ondisk_path(path)
+    with S.EmbeddingStore.open(path) as st:
+        assert I.index_status(st) == (True, "fresh")
+    lists.write_bytes(lists.read_bytes()[:1000])                  # truncate -s 1000 s.h5.faiss.ivfdata
+    with S.EmbeddingStore.open(path) as st:
+        fresh, reason = I.index_status(st)
+    assert not fresh and lists.name in reason and "cut" in reason
+    r = _cli(["index", "status", "--store", path])
+    assert r.returncode == 0 and "stale" in r.stdout and lists.name in r.stdout, r.stdout + r.stderr
+    r = _cli(["query", "a happy face", "--store", path, "--weights", "random", "--arch", "clef-tiny", "--json"])
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])       # the old code: 135, a bus error
+    assert "damaged" in r.stderr and lists.name in r.stderr and "clefctl index build" in r.stderr
+    assert len(__import__("json").loads(r.stdout)["hits"]) == 10     # searched exactly instead
+
+    I.build_index(path, "flat")                                      # same size, other bytes: the checksum
+    faiss_file = I.index_paths(path)[0]
+    data = bytearray(faiss_file.read_bytes())
+    data[-100] ^= 0xFF
+    faiss_file.write_bytes(bytes(data))
+    with S.EmbeddingStore.open(path) as st:
+        fresh, reason = I.index_status(st)
+        assert not fresh and "checksum" in reason and faiss_file.name in reason
+        rebuilt = I.load_index(st)                                   # serve and embed: rebuilt, not trusted
+    assert rebuilt.kind == "flat"
+    with S.EmbeddingStore.open(path) as st:
+        assert I.index_status(st) == (True, "fresh")

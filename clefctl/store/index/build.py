@@ -23,10 +23,11 @@ from typing import Callable
 import numpy as np
 
 from clefctl.errors import ClefError
-from clefctl.paths import atomic_path, write_json_atomic
+from clefctl.paths import atomic_path, write_json_atomic, writing
 from clefctl.store._hdf5 import now
 from clefctl.store.format import EmbeddingStore
 from clefctl.store.index import clustering, gpu as gpu_mod
+from clefctl.store.index.files import describe
 from clefctl.store.index.kinds import (IVF_KINDS, IndexParams, _size, default_nlist, estimate_bytes, float16_bytes,
                                        ivf_of, make_index, resident_bytes, resolve_index_kind)
 from clefctl.store.index.tuning import Tuner, cached_text_vectors, tuning_queries
@@ -253,8 +254,6 @@ def _add_rows(index, kind: str, blocks, assign, tuner: Tuner, bar) -> None:
 
 
 def _build_ivf(st: EmbeddingStore, plan: BuildPlan, params: IndexParams, tuner: Tuner, progress: bool):
-    import faiss
-
     from clefctl.ui import progress_bar
 
     phases: dict = {}
@@ -266,19 +265,21 @@ def _build_ivf(st: EmbeddingStore, plan: BuildPlan, params: IndexParams, tuner: 
         if plan.kind != "ivf-ondisk":
             _add_rows(index, plan.kind, _blocks(st), assign, tuner, bar)
         else:
-            tmpdir = Path(tempfile.mkdtemp(prefix=".faiss-shards-", dir=Path(st.path).parent))
-            empty = faiss.serialize_index(index)
-            shards = []
-            for s in range(0, plan.rows, SHARD_ROWS):
-                shard = faiss.deserialize_index(empty)
-                _add_rows(shard, plan.kind, _blocks(st, s, s + SHARD_ROWS), assign, tuner, bar)
-                shards.append(str(tmpdir / f"shard-{len(shards)}.faiss"))
-                faiss.write_index(shard, shards[-1])
-                del shard
-            from faiss.contrib.ondisk import merge_ondisk
-
-            merge_ondisk(index, shards, str(tmpdir / ondisk_path(st.path).name))
+            tmpdir = _add_ondisk(st, plan, index, assign, tuner, bar)
     phases["add"] = round(time.perf_counter() - t, 2)   # with the tuning queries' exact neighbours
+    try:
+        built = _tune(index, plan, params, tuner, phases)
+    except BaseException:
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+    if tmpdir is not None:
+        built["_tmpdir"] = str(tmpdir)
+    return index, built
+
+
+def _tune(index, plan: BuildPlan, params: IndexParams, tuner: Tuner, phases: dict) -> dict:
+    """``nprobe`` (given, or tuned on the text-like queries) and the build's parameters."""
     t = time.perf_counter()
     ivf = ivf_of(index)
     nlist = int(ivf.nlist)
@@ -297,9 +298,35 @@ def _build_ivf(st: EmbeddingStore, plan: BuildPlan, params: IndexParams, tuner: 
              "tuning": tuning}
     if plan.kind == "ivf-pq":
         built["k_factor"] = float(index.k_factor)
-    if tmpdir is not None:
-        built["_tmpdir"] = str(tmpdir)
-    return index, built
+    return built
+
+
+def _add_ondisk(st: EmbeddingStore, plan: BuildPlan, index, assign, tuner: Tuner, bar) -> Path:
+    """``ivf-ondisk``: the rows added shard by shard into temporary index files, whose lists are merged
+    into one ``.ivfdata`` file in a temporary folder beside the store (returned; :func:`_save` moves the
+    lists into place). A failure (a full disk: one line naming the file) removes the folder."""
+    import faiss
+    from faiss.contrib.ondisk import merge_ondisk
+
+    tmpdir = Path(tempfile.mkdtemp(prefix=".faiss-shards-", dir=Path(st.path).parent))
+    again = f"run `clefctl index build --store {st.path}`"
+    try:
+        empty = faiss.serialize_index(index)
+        shards = []
+        for s in range(0, plan.rows, SHARD_ROWS):
+            shard = faiss.deserialize_index(empty)
+            _add_rows(shard, plan.kind, _blocks(st, s, s + SHARD_ROWS), assign, tuner, bar)
+            shards.append(str(tmpdir / f"shard-{len(shards)}.faiss"))
+            with writing(shards[-1], again):
+                faiss.write_index(shard, shards[-1])
+            del shard
+        lists = tmpdir / ondisk_path(st.path).name
+        with writing(lists, again):
+            merge_ondisk(index, shards, str(lists))
+    except BaseException:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+    return tmpdir
 
 
 def _save(store_path, index, meta: dict, kind: str) -> int:
@@ -308,14 +335,19 @@ def _save(store_path, index, meta: dict, kind: str) -> int:
 
     faiss_path, meta_path = index_paths(store_path)
     tmpdir = meta["params"].pop("_tmpdir", None)
+    again = f"build it with `clefctl index build --store {store_path}` (the store itself is complete and kept)"
     try:
+        saved = [faiss_path]
         if kind == "ivf-ondisk":
             os.replace(Path(tmpdir) / ondisk_path(store_path).name, ondisk_path(store_path))
-        with atomic_path(faiss_path) as tmp:
+            saved.append(ondisk_path(store_path))
+        with atomic_path(faiss_path, again) as tmp:
             faiss.write_index(index, str(tmp))
-        size = faiss_path.stat().st_size + (ondisk_path(store_path).stat().st_size if kind == "ivf-ondisk" else 0)
+        size = sum(p.stat().st_size for p in saved)
         meta["bytes"] = int(size)
-        write_json_atomic(meta_path, meta)
+        meta["files"] = describe(saved)     # checked before FAISS opens them again (files.damage)
+        with writing(meta_path, again):
+            write_json_atomic(meta_path, meta)
     finally:
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)

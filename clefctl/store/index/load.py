@@ -5,7 +5,10 @@ A saved index is read with FAISS's ``IO_FLAG_MMAP_IFC`` (the codes stay in the f
 read when a search touches them: a cold query maps the index instead of reading all of it), an
 ``ivf-ondisk`` index with its lists in ``<store>.faiss.ivfdata`` (``IO_FLAG_ONDISK_SAME_DIR``).
 
-Queries never build silently (:func:`index_for_query`): a missing or stale index on a store of
+Before FAISS is given the files, :func:`index_status` compares their sizes and checksums with those
+recorded at the save (:mod:`~clefctl.store.index.files`): a cut or changed file makes the index stale,
+never a bus error in a query. Queries never build silently (:func:`index_for_query`): a missing or
+stale index on a store of
 at most :data:`EXACT_QUERY_LIMIT` rows is searched exactly (:class:`ExactIndex`, reading the rows
 block by block: the same answer a flat index gives, nothing written); above that it is built
 and saved first, after a warning that says so and how to build it ahead (``clefctl index build``).
@@ -25,6 +28,7 @@ import numpy as np
 from clefctl.store.format import EmbeddingStore
 from clefctl.store.index import gpu as gpu_mod
 from clefctl.store.index.build import _as_store, build_index, index_paths, ondisk_path
+from clefctl.store.index.files import DAMAGED, damage
 from clefctl.store.index.kinds import FLAT_LIMIT, IndexParams, ivf_of
 
 log = logging.getLogger("clefctl.store")
@@ -128,6 +132,9 @@ def index_status(store: EmbeddingStore, kind: str = "auto", params: IndexParams 
         return False, f"built with {meta['params']['nlist']} lists, {nlist} requested"
     if meta.get("kind") == "ivf-ondisk" and not ondisk_path(store.path).is_file():
         return False, f"its lists ({ondisk_path(store.path).name}) are missing"
+    damaged = damage(faiss_path.parent, meta.get("files"))   # before FAISS opens or maps them
+    if damaged:
+        return False, damaged
     return True, "fresh"
 
 
@@ -141,7 +148,8 @@ def read_saved(store_path, kind: str):
 
 
 def _load_fresh(st: EmbeddingStore, params: IndexParams) -> "StoreIndex | None":
-    """The saved index when it reads back with the store's row count (None otherwise)."""
+    """The saved index when it reads back with the store's row count (None otherwise). Call it only
+    after :func:`index_status` said fresh: that checks the files' sizes and checksums first."""
     _, meta_path = index_paths(st.path)
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -195,6 +203,9 @@ def index_for_query(store: EmbeddingStore, kind: str = "auto", params: IndexPara
         if loaded is not None:
             return _to_gpus(loaded, params)
         reason = "unreadable"
+    if reason.startswith(DAMAGED):
+        warnings.warn(f"{index_paths(store.path)[0]}: the saved index is {reason}; not using it "
+                      f"(`clefctl index build --store {store.path}` rebuilds it)", UserWarning, stacklevel=2)
     if store.count <= EXACT_QUERY_LIMIT and kind in ("auto", "flat"):
         return ExactIndex(store, reason)
     warnings.warn(f"{store.path}: the index is {reason if reason != 'missing' else 'missing'}; building it now before "
