@@ -6,7 +6,7 @@
   and :mod:`~clefctl.store.textcache` (the text-embedding cache);
 * :mod:`clefctl.store._hdf5`: crash recovery, the writer lock, fencing, durable commits;
 * :mod:`clefctl.store.embed`: :func:`embed_into_store` (resumable, kill-safe, sharded under
-  torchrun and merged by :func:`merge_parts`) and :func:`run_embed` (``clefctl embed``);
+  torchrun and merged by :func:`~clefctl.store.merge.merge_parts`) and :func:`run_embed` (``clefctl embed``);
 * :mod:`clefctl.store.index`: the derived FAISS index, chosen for text queries within a memory
   budget (:func:`load_index` / :func:`build_index` / :func:`index_for_query`, ``<store>.faiss`` and
   ``<store>.faiss.json`` beside the file).
@@ -25,12 +25,13 @@ Example::
 
 from clefctl.store._hdf5 import WriterLock, clear_status_flags, lookup3
 from clefctl.store.embed import (STORE_NAME, EmbedOptions, EmbedReport, EmbedResult, embed_into_store,
-                                 embed_run_dir, merge_parts, part_path, run_embed, shard_range)
+                                 embed_run_dir, part_path, run_embed, shard_range)
 from clefctl.store.format import STORE_SUFFIX, EmbeddingStore, store_filename
 from clefctl.store.index import (INDEX_KINDS, ExactIndex, IndexParams, StoreIndex, build_index, default_nlist,
                                  default_nprobe, index_for_query, index_paths, index_status, load_index,
                                  resolve_index_kind)
 from clefctl.store.layout import SCHEMA_VERSION, STRING_COLUMNS, Columns
+from clefctl.store.merge import merge_parts
 
 __all__ = [
     "SCHEMA_VERSION", "STRING_COLUMNS", "STORE_SUFFIX", "STORE_NAME", "EmbeddingStore", "Columns",
