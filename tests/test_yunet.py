@@ -334,3 +334,37 @@ def test_the_crop_cache_rebuilds_when_the_detector_changes(with_yunet, tmp_path,
     assert again.cache == first.cache and again.cropped_now == 0
     cache = crop_cache_for(load_dataset("bp4d", root=str(root)), 224, announce=False)
     assert cache is not None and str(cache.folder) == first.cache and cache.describe()["detector"] == "yunet"
+
+
+def test_embed_stores_landmarks_and_the_explorer_shows_the_aligned_face(with_yunet, group_photo, tmp_path):
+    """`embed PATH...` with YuNet keeps each face's landmarks in the store; the explorer's crop of a row
+    is the face on the alignment template (the eyes level, where the template puts them)."""
+    from clefctl.data.faces.template import template_points
+    from clefctl.serve.media import RowMedia, SourceGuard, face_image
+    from clefctl.store.embed import EmbedOptions, run_embed
+    from clefctl.store.format import EmbeddingStore
+
+    canvas, _ = group_photo
+    path = tmp_path / "group.png"
+    cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    res = run_embed(EmbedOptions(paths=(str(path),), weights="random", arch="clef-tiny", out=str(tmp_path / "s.h5"),
+                                 index="none", progress=False))
+    assert res.summary["detector"]["name"] == "yunet" and res.summary["faces"] == 4
+    store = EmbeddingStore.open(tmp_path / "s.h5")
+    try:
+        df = store.metadata()
+    finally:
+        store.close()
+    lm = df[[f"lmk_x_{i}" for i in range(5)] + [f"lmk_y_{i}" for i in range(5)]].to_numpy()
+    assert np.isfinite(lm).all()
+    assert ((lm[:, :5] >= df.box_x.to_numpy()[:, None]) & (lm[:, :5] <= (df.box_x + df.box_w).to_numpy()[:, None])).all()
+    row = int(df.box_x.to_numpy().argmin())          # the astronaut
+    points = np.stack([lm[row, :5], lm[row, 5:]], axis=1)
+    media = RowMedia(row, str(path), None, tuple(int(df[c][row]) for c in ("box_x", "box_y", "box_w", "box_h")),
+                     points)
+    face = np.asarray(face_image(media, SourceGuard([str(path)]), 160))
+    assert face.shape == (160, 160, 3)
+    from clefctl.data.faces.choice import resolve_detector
+
+    again = resolve_detector("yunet").make("photos").detect(face)
+    assert again and np.abs(again[0].landmarks[:2] - template_points(160)[:2]).max() < 10

@@ -19,10 +19,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from clefctl.data.faces.template import LANDMARK_COLUMNS
 from clefctl.errors import ClefError
 
-LANDMARK_NAMES = ("right_eye", "left_eye", "nose_tip", "right_mouth", "left_mouth")
-LANDMARK_COLUMNS = tuple(f"lmk_x_{i}" for i in range(5)) + tuple(f"lmk_y_{i}" for i in range(5))
 BASE_COLUMNS = ("source", "frame", "face_id", "timestamp", "confidence", "success",
                 "face_x", "face_y", "face_w", "face_h") + LANDMARK_COLUMNS
 AU_THRESHOLD = 0.5           # AU01_c = 1 when AU01_p > 0.5

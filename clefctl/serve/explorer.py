@@ -29,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
+from clefctl.data.faces.template import LANDMARK_COLUMNS
 from clefctl.errors import ClefError
 from clefctl.serve.classes import ClassScores, class_mask, default_prompts, parse_class_list
 from clefctl.serve.media import MediaError, RowMedia, SourceGuard, face_image, is_video
@@ -108,14 +109,18 @@ class Rows:
             self.file = np.array([s or p for s, p in zip(src, self.path)], dtype=object)
         else:
             self.file = self.path
+        lm = df[list(LANDMARK_COLUMNS)].to_numpy(np.float64) if self.n and "lmk_x_0" in df.columns else None
+        self.landmarks = lm.reshape(-1, 2, 5).transpose(0, 2, 1) if lm is not None else None   # (n, 5, 2)
         ts = self.extra.get("timestamp")
         self.video_rows = int(np.isfinite(pd.to_numeric(pd.Series(ts), errors="coerce")).sum()) if ts is not None else 0
 
     def media(self, row: int) -> RowMedia:
         box = tuple(int(v) for v in self.box[row])
         frame = int(self.frame[row])
+        lm = self.landmarks[row] if self.landmarks is not None else None
         return RowMedia(row, str(self.file[row] or ""), frame if frame >= 0 else None,
-                        box if box[2] > 0 and box[3] > 0 else None)
+                        box if box[2] > 0 and box[3] > 0 else None,
+                        lm if lm is not None and np.isfinite(lm).all() else None)
 
     def record(self, row: int) -> dict:
         """The fields every hit carries (the issue's list: row, id, source, frame, timestamp, labels...)."""

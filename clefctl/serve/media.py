@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
+
 from clefctl.errors import ClefError
 
 THUMB_SIZES = (64, 96, 128, 160, 192, 256, 320, 384, 512)   # the sizes /media/ROW?size= takes
@@ -83,12 +85,14 @@ class SourceGuard:
 
 @dataclass
 class RowMedia:
-    """Where a row's face comes from: the file (image or video), the 1-based frame of a video, the box."""
+    """Where a row's face comes from: the file (image or video), the 1-based frame of a video, the box
+    and, from YuNet, the 5 landmarks (5 x 2 source pixels) that align it."""
 
     row: int
     file: str
     frame: int | None = None
     box: tuple[int, int, int, int] | None = None
+    landmarks: np.ndarray | None = None
 
     @property
     def video(self) -> bool:
@@ -107,12 +111,33 @@ def read_video_frame(path: str, frame: int):
         raise MediaError(exc.bare_message, 404, path=path) from None
 
 
+def _aligned_face(media: RowMedia, real: str, min_side: int | None):
+    """The row's face on the alignment template (what the model saw), ``min_side`` (>= 64) pixels square."""
+    from PIL import Image
+
+    from clefctl.data.faces.template import aligned_crop
+    from clefctl.data.images import read_reduced
+
+    side = max(64, int(min_side or 224))
+    if media.video:
+        img, scale = read_video_frame(real, media.frame or 1), 1.0
+    else:
+        try:
+            img, scale = read_reduced(real, side, media.box)
+        except (OSError, ValueError) as exc:
+            raise MediaError(f"row {media.row}: cannot read the image ({exc})", 404, path=media.file) from None
+    return Image.fromarray(aligned_crop(np.asarray(img), media.landmarks * scale, side))
+
+
 def face_image(media: RowMedia, guard: SourceGuard, min_side: int | None = None):
-    """The row's face: its image (or video frame) cut to its stored box, as a PIL RGB image; a JPEG is
-    decoded reduced as long as the face keeps ``min_side`` pixels (a thumbnail's size)."""
+    """The row's face as a PIL RGB image: aligned on the template when the row has landmarks (as the
+    model saw it), else its image (or video frame) cut to its stored box; a JPEG is decoded reduced
+    as long as the face keeps ``min_side`` pixels (a thumbnail's size)."""
     from clefctl.data.images import crop_to_box, read_cropped
 
     real = guard.check(media.file, media.row)
+    if media.landmarks is not None:
+        return _aligned_face(media, real, min_side)
     if not media.video:
         try:
             face = read_cropped(real, media.box, min_side)

@@ -29,12 +29,13 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from clefctl.data.faces.template import LANDMARK_COLUMNS
 from clefctl.errors import ClefError
 from clefctl.paths import atomic_path
 from clefctl.store._hdf5 import (WriterLock, fence, first_line, fsync_h5, h5py_module, open_reader,
                                  open_writer_h5, write_error)
-from clefctl.store.layout import (DTYPES, MEDIA_COLUMNS, STRING_COLUMNS, Columns, check_schema, grow, normalise,
-                                  read_rows, read_strings, read_strings_at, write_skeleton, write_strings)
+from clefctl.store.layout import (DTYPES, LANDMARKS, MEDIA_COLUMNS, STRING_COLUMNS, Columns, check_schema, grow,
+                                  normalise, read_rows, read_strings, read_strings_at, write_skeleton, write_strings)
 from clefctl.store.textcache import TextCache
 
 log = logging.getLogger("clefctl.store")
@@ -220,12 +221,21 @@ class EmbeddingStore(TextCache):
     def attrs(self) -> dict:
         return {k: (v.item() if hasattr(v, "item") else v) for k, v in self._h5.attrs.items()}
 
+    @property
+    def model_record(self) -> dict | None:
+        """What loads the model that made the store (:mod:`clefctl.store.provenance`); None for
+        stores written before it was recorded."""
+        from clefctl.store.provenance import MODEL_ATTR, parse_record
+
+        return parse_record(self._h5.attrs.get(MODEL_ATTR))
+
     def info(self) -> dict:
         """A JSON-able summary."""
         return {"path": str(self.path), "fingerprint": self.fingerprint, "dim": self.dim,
                 "image_set": self.image_set, "dtype": self.dtype, "task": self.task,
                 "classes": self.classes, "rows": self.count, "skipped": self.skipped_count,
-                "complete": self.complete, "created": self.created, "schema": self.schema_version}
+                "complete": self.complete, "created": self.created, "schema": self.schema_version,
+                "model": self.model_record}
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -349,8 +359,9 @@ class EmbeddingStore(TextCache):
         """A pandas DataFrame, one row per store row: row, id, path (resolved as
         :meth:`resolve_path` does), subject, activity, frame, split, label (+ label_name) or one
         column per AU (1/0, NaN when not coded), box_x/y/w/h, and the face columns of photos and
-        videos: source (the file the row came from: its path), timestamp (seconds, NaN = none) and
-        face_id (-1 = none; stores older than these columns read as none)."""
+        videos: source (the file the row came from: its path), timestamp (seconds, NaN = none),
+        face_id (-1 = none) and the landmarks lmk_x_0..4 / lmk_y_0..4 (source pixels, NaN = none;
+        stores older than these columns read as none)."""
         import pandas as pd
 
         idx = self._rows(rows)
@@ -378,6 +389,9 @@ class EmbeddingStore(TextCache):
         data["source"] = data["path"]
         for name, (kind, none) in MEDIA_COLUMNS.items():
             data[name] = read_rows(g[name], idx) if name in g else np.full(idx.size, none, dtype=kind)
+        lmk = read_rows(g[LANDMARKS], idx) if LANDMARKS in g else np.full((idx.size, 10), np.nan, np.float32)
+        for j, name in enumerate(LANDMARK_COLUMNS):
+            data[name] = lmk[:, j]
         return pd.DataFrame(data)
 
     def checksum(self) -> str:
@@ -457,6 +471,8 @@ class EmbeddingStore(TextCache):
                 columns = [("embedding", cols.embedding.astype(self.dtype, copy=False)),
                            ("frame", cols.frame), ("label", cols.label), ("box", cols.box)]
                 columns += [(name, cols.media(name)) for name in MEDIA_COLUMNS if name in self._h5["images"]]
+                if LANDMARKS in self._h5["images"]:
+                    columns.append((LANDMARKS, cols.landmark_rows()))
                 if "aus" in self._h5["images"]:
                     n_cls = self._ds("images/aus").shape[1]
                     for name, arr in (("aus", cols.aus), ("au_mask", cols.au_mask)):

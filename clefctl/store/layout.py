@@ -28,6 +28,9 @@ STRING_COLUMNS = ("id", "path", "subject", "activity", "split")
 # per-row columns of faces found in photos and videos (embed PATH...); stores made before they
 # existed lack them and read as "none" (timestamp NaN, face_id -1)
 MEDIA_COLUMNS = {"timestamp": (np.float64, np.nan), "face_id": (np.int32, -1)}
+# the 5 landmarks of a face found by YuNet (x0..x4, y0..y4, source pixels; NaN = none): stores made
+# before it lack the dataset and read as none
+LANDMARKS = "landmarks"
 
 
 MEDIA_PREFIX = "media-"        # image sets of `embed PATH...`: the faces of photos and videos
@@ -137,6 +140,7 @@ def _fill_skeleton(f, fingerprint: str, dim: int, image_set: str, dtype: str, ta
                      chunks=(META_CHUNK_ROWS, 4))
     for name, (kind, _) in MEDIA_COLUMNS.items():
         g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=kind, chunks=(META_CHUNK_ROWS,))
+    g.create_dataset(LANDMARKS, shape=(0, 10), maxshape=(None, 10), dtype=np.float32, chunks=(META_CHUNK_ROWS, 10))
     if task == "au" and classes:
         c = len(classes)
         for name in ("aus", "au_mask"):
@@ -236,12 +240,19 @@ class Columns:
     au_mask: np.ndarray | None = None           # (k, C) uint8
     timestamp: np.ndarray | None = None         # (k,) float64 seconds into a video, NaN = none
     face_id: np.ndarray | None = None           # (k,) int32 face id within its source, -1 = none
+    landmarks: np.ndarray | None = None         # (k, 10) float32 x0..x4, y0..y4 source pixels, NaN = none
 
     def media(self, name: str) -> np.ndarray:
         """The ``timestamp`` or ``face_id`` column, filled with "none" when not given."""
         value = getattr(self, name)
         kind, none = MEDIA_COLUMNS[name]
         return np.full(len(self), none, dtype=kind) if value is None else np.asarray(value, dtype=kind)
+
+    def landmark_rows(self) -> np.ndarray:
+        """The ``landmarks`` column, NaN where not given."""
+        if self.landmarks is None:
+            return np.full((len(self), 10), np.nan, np.float32)
+        return np.asarray(self.landmarks, np.float32).reshape(len(self), 10)
 
     def __len__(self) -> int:
         return int(self.embedding.shape[0])
@@ -292,4 +303,5 @@ class Columns:
                    aus=images["aus"][start:stop] if "aus" in images else None,
                    au_mask=images["au_mask"][start:stop] if "au_mask" in images else None,
                    timestamp=images["timestamp"][start:stop] if "timestamp" in images else None,
-                   face_id=images["face_id"][start:stop] if "face_id" in images else None)
+                   face_id=images["face_id"][start:stop] if "face_id" in images else None,
+                   landmarks=images[LANDMARKS][start:stop] if LANDMARKS in images else None)

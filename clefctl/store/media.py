@@ -92,6 +92,7 @@ class _Rows:
     def clear(self) -> None:
         self.emb, self.ids, self.paths, self.subjects = [], [], [], []
         self.frames, self.stamps, self.face_ids, self.boxes, self.skipped = [], [], [], [], []
+        self.landmarks = []
 
     def add(self, ff) -> None:
         src = os.path.abspath(ff.source)
@@ -105,6 +106,9 @@ class _Rows:
             self.stamps.append(ff.timestamp)
             self.face_ids.append(f.face_id)
             self.boxes.append(f.box)
+            lm = f.landmarks
+            self.landmarks.append(np.full(10, np.nan, np.float32) if lm is None else
+                                  np.concatenate([lm[:, 0], lm[:, 1]]).astype(np.float32))
 
     def columns(self, dim: int) -> Columns:
         k = len(self.ids)
@@ -113,7 +117,8 @@ class _Rows:
         emb = normalise(np.stack(self.emb)) if k else np.zeros((0, dim), np.float32)
         return Columns(emb, strings, np.asarray(self.frames, np.int64), np.full(k, -1, np.int32),
                        np.asarray(self.boxes, np.int32).reshape(k, 4), timestamp=np.asarray(self.stamps, np.float64),
-                       face_id=np.asarray(self.face_ids, np.int32))
+                       face_id=np.asarray(self.face_ids, np.int32),
+                       landmarks=np.asarray(self.landmarks, np.float32).reshape(k, 10))
 
 
 def embed_media_into_store(model, inputs, store_path: str | os.PathLike, *, every: int = 1,

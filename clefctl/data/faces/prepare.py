@@ -13,11 +13,11 @@ from PIL import Image
 
 from clefctl.data.faces.align import CropResult, FaceCropper
 from clefctl.data.faces.inputs import expand_inputs, is_video, read_image
+from clefctl.data.faces.template import LANDMARK_COLUMNS
 from clefctl.data.faces.video import iter_video_frames, video_frame_estimate
 from clefctl.errors import ClefError
 from clefctl.paths import atomic_path
 
-LANDMARK_COLUMNS = tuple(f"lmk_x_{i}" for i in range(5)) + tuple(f"lmk_y_{i}" for i in range(5))
 CSV_COLUMNS = ("source", "frame", "timestamp", "crop_path", "x", "y", "w", "h", "angle", "found",
                "confidence") + LANDMARK_COLUMNS
 
