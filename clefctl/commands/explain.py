@@ -6,6 +6,8 @@ import json
 
 import click
 
+from clefctl.commands.options import face_options
+
 
 def _aus(value: str | None):
     if not value:
@@ -50,11 +52,12 @@ def _pct(v) -> str:
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available).")
 @click.option("--workspace", default=None, envvar="CLEF_WORKSPACE", help="Run folders (default ./clef_runs).")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow full unpickling of a trusted weights file.")
+@face_options
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def explain(image, texts, classes, max_descriptions, prompts, checkpoint, arch, out, crop, store, start_layer,
             pointing, n_images, aus, dataset_root, all_subjects, device, workspace, trust_checkpoint,
-            no_progress, as_json) -> None:
+            detector, min_confidence, no_progress, as_json) -> None:
     """Show which face regions and which words drive the image-text similarity (Chefer et al. 2021).
 
     Writes a PNG with the face, one heatmap per text (jet: blue low, red high) and the text with
@@ -80,8 +83,8 @@ def explain(image, texts, classes, max_descriptions, prompts, checkpoint, arch, 
                           prompts=prompts, checkpoint=checkpoint, arch=arch, out=out, crop=crop, store=store,
                           start_layer=start_layer, pointing=pointing, n_images=n_images, aus=_aus(aus),
                           dataset_root=dataset_root, all_subjects=all_subjects, device=device,
-                          workspace=workspace, trust_checkpoint=trust_checkpoint,
-                          progress=not no_progress and not as_json, warn=warn)
+                          workspace=workspace, trust_checkpoint=trust_checkpoint, detector=detector,
+                          min_confidence=min_confidence, progress=not no_progress and not as_json, warn=warn)
     result = run_explain(opts)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))

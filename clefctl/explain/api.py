@@ -43,6 +43,8 @@ class ExplainOptions:
     out: str = "explain.png"
     crop: bool | None = None
     store: str | None = None
+    detector: str = "auto"               # the face detector that crops the image (clefctl.data.faces.choice)
+    min_confidence: float | None = None
     start_layer: int = 0
     pointing: bool = False
     n_images: int = 50
@@ -144,7 +146,7 @@ def _figure(opts: ExplainOptions, loaded: LoadedModel, prompt_set, warn: Callabl
             raise ClefError("nothing to explain the image against",
                             hint="pass --text '...', or --classes with a fine-tuned --checkpoint or --prompts")
         panels = class_panels(prompt_set, 0)
-    face = load_face(opts.image, model.image_size, opts.crop, opts.store)
+    face = load_face(opts.image, model.image_size, opts.crop, opts.store, opts.detector, opts.min_confidence)
     warn(face.warning)
     rels = relevancy_many(model, face.image, [t for _, t in panels], start_layer=opts.start_layer)
     titled = [(name, r) for (name, _), r in zip(panels, rels)]

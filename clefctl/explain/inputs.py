@@ -50,12 +50,15 @@ def prompt_set_for(model, run_dir: Path | None = None, prompts: str | None = Non
     prompts.yaml, else the shipped set of the checkpoint's data set; restricted to the checkpoint's
     classes. None when nothing says which one."""
     from clefctl.prompts import available_prompt_sets, load_prompts
+    from clefctl.weights.hub import model_prompts_file
 
     meta = getattr(model, "meta", {}) or {}
     if prompts:
         ps = load_prompts(prompts)
     elif run_dir is not None and (Path(run_dir) / "prompts.yaml").is_file():
         ps = load_prompts(Path(run_dir) / "prompts.yaml")
+    elif model_prompts_file(getattr(model, "load_report", None) and model.load_report.path) is not None:
+        ps = load_prompts(model_prompts_file(model.load_report.path))   # an exported model's own set
     elif meta.get("dataset") in available_prompt_sets():
         ps = load_prompts(meta["dataset"])
     else:
@@ -149,10 +152,12 @@ def _read_video_frame(path: Path, frame: int):
     return Image.fromarray(read_frame(path, frame))
 
 
-def load_face(image: str, model_size: int, crop: bool | None = None, store: str | None = None) -> Face:
+def load_face(image: str, model_size: int, crop: bool | None = None, store: str | None = None,
+              detector: str = "auto", min_confidence: float | None = None) -> Face:
     """Open ``image`` (a file, or with ``store`` an image id of that embedding store) as RGB.
 
-    ``crop=True``: crop the largest face with :class:`clefctl.data.faces.FaceCropper` (an error
+    ``crop=True``: crop the largest face with :class:`clefctl.data.faces.FaceCropper` (``detector``,
+    ``min_confidence``: the ``--detector`` choice; aligned on the landmark template with YuNet; an error
     when none is found); ``False``: never; ``None`` (default): look for a face only when the image
     is larger than twice the model input, and use the whole image when none is found
     (``Face.face`` "none found", with a ``warning``). Stored images (and the frames of stored video faces)
@@ -177,7 +182,7 @@ def load_face(image: str, model_size: int, crop: bool | None = None, store: str 
         return Face(img, str(path))
     from clefctl.data.faces import FaceCropper
 
-    result = FaceCropper(size=max(224, model_size)).crop(np.asarray(img))
+    result = FaceCropper(size=max(224, model_size), detector=detector, min_confidence=min_confidence).crop(np.asarray(img))
     if not result.found:
         if crop:
             raise ClefError("no face found in the image", path=path, hint="pass --no-crop to use it whole")
