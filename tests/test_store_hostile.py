@@ -154,3 +154,49 @@ def test_a_cut_or_changed_index_file_is_stale_never_a_crash(tmp_path):
     assert rebuilt.kind == "flat"
     with S.EmbeddingStore.open(path) as st:
         assert I.index_status(st) == (True, "fresh")
+
+
+# ----------------------------------------------------------------------------------------------
+# a store names the model that made it (item 10) and a missing store is said to be missing (item 13)
+
+
+def _run(args, capsys):
+    from clefctl.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+def test_a_store_records_its_model_and_opens_from_any_folder(tmp_path, monkeypatch, capsys, image_folder):
+    import json
+
+    import torch
+
+    from clefctl.commands.query import store_model
+    from clefctl.model import create
+
+    weights = tmp_path / "w" / "W.pt"
+    weights.parent.mkdir()
+    torch.save(create("clef-tiny", seed=5).clip.state_dict(), weights)      # open_clip weights, no run around
+    imgs = image_folder(3)
+    out = tmp_path / "x" / "s.h5"
+    code, _, err = _run(["embed", "--dataset", "folder", "--dataset-root", imgs, "--weights", weights, "--arch",
+                         "clef-tiny", "--out", out, "--index", "none", "--workers", "0", "--json"], capsys)
+    assert code == 0, err
+    with S.EmbeddingStore.open(out) as st:
+        rec, fp = st.model_record, st.fingerprint
+    assert rec["weights"] == str(weights.resolve()) and rec["arch"] == "clef-tiny" and fp.endswith(rec["sha256"])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, stdout, err = _run(["query", "a happy face", "--store", out, "-k", "2", "--json"], capsys)
+    assert code == 0, err                                   # the old code: "the store's model is unknown"
+    assert len(json.loads(stdout)["hits"]) == 2
+    assert store_model(out, {}, None, None, False).fingerprint == fp      # what serve and rescore load
+    code, _, err = _run(["query", "a happy face", "--store", "missing.h5"], capsys)
+    assert code == 2 and "missing.h5: embedding store not found" in err and "model" not in err
+    weights.rename(tmp_path / "w" / "moved.pt")
+    code, _, err = _run(["query", "another face", "--store", out], capsys)
+    assert code == 2 and str(weights.resolve()) in err and "--weights" in err and len(err.splitlines()) == 1

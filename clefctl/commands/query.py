@@ -35,6 +35,9 @@ def resolve_store(store: str | None, run_ref: str | None, workspace) -> tuple[Pa
 
     if store:
         p = Path(store)
+        if not p.is_file():
+            raise ClefError("embedding store not found" if not p.exists() else "not a file: a store is one .h5 file",
+                            path=p, hint="check the path, or create the store with `clefctl embed`")
         cfg_path = p.parent / "config.yaml"
         cfg = Run(p.parent, "embed").config() if cfg_path.is_file() else {}
         return p, cfg
@@ -169,16 +172,20 @@ def _cell(column: str, value) -> str:
 
 def store_model(store_path: Path, cfg: dict, weights: str | None, arch: str | None, trust_checkpoint: bool,
                 workspace=None, towers: str = "both", lazy: bool = False):
-    """The model that made a store: ``--weights``/``--arch`` when given, else those of its embed run,
-    through the workspace's model resolver (``towers="text"``: the text tower only; ``lazy``: the
-    weights are resolved now, and a callable that builds the model is returned)."""
+    """The model that made a store: ``--weights``/``--arch`` when given, else the model recorded in the
+    store (:mod:`clefctl.store.provenance`), else that of its embed run's ``config.yaml`` (stores written
+    before the record), through the workspace's model resolver (``towers="text"``: the text tower only;
+    ``lazy``: the weights are resolved now, and a callable that builds the model is returned)."""
+    from clefctl.store.provenance import recorded_model, recorded_weights
     from clefctl.workspace import Workspace
 
-    w = weights if weights is not None else cfg.get("weights")
+    rec = recorded_model(store_path) if weights is None else None
+    w = weights if weights is not None else (recorded_weights(store_path, rec) if rec else cfg.get("weights"))
     if w is None:
-        raise ClefError("the store's model is unknown (it was not written by an embed run)", path=store_path,
+        raise ClefError("the store's model is unknown (the store was written before stores recorded their "
+                        "model, and no embed run's config.yaml is beside it)", path=store_path,
                         hint="pass --weights (and --arch) of the model that made the store")
-    a = arch or cfg.get("arch") or "ViT-B-16"
+    a = arch or (rec or {}).get("arch") or cfg.get("arch") or "ViT-B-16"
     choice = Workspace(workspace).resolve_model(w, arch=a)
     load = functools.partial(choice.load, trust_checkpoint=trust_checkpoint, default_arch=a, towers=towers)
     return load if lazy else load()

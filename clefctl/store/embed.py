@@ -123,7 +123,7 @@ def embed_into_store(model, samples, store_path: str | os.PathLike, batch_size: 
                      chunk_size: int = 1024, progress: bool = True, *, image_set: str | None = None,
                      task: str | None = None, classes: Sequence[str] | None = None,
                      dtype: str = "float16", inference: str = "auto", num_workers: int | None = None,
-                     overwrite: bool = False, transform=None) -> EmbedReport:
+                     overwrite: bool = False, transform=None, model_ref: dict | None = None) -> EmbedReport:
     """Embed ``samples`` (a :class:`DatasetBundle` or a list of :class:`Sample`) into the store at
     ``store_path``, resuming after the last committed chunk when the store exists.
 
@@ -133,7 +133,7 @@ def embed_into_store(model, samples, store_path: str | os.PathLike, batch_size: 
     Unreadable images are skipped, counted and recorded (a rerun does not retry them). A rerun
     with another model or another image list is refused (``overwrite=True`` starts again).
     Under torchrun each rank embeds a contiguous shard into a part file and rank 0 merges them
-    in order.
+    in order. ``model_ref`` (:func:`clefctl.store.provenance.model_record`) is recorded in a new store.
 
     A failed write (a full disk, an I/O error) raises :class:`ClefError` naming the store; the
     rows committed before stay intact, nothing later is counted, and running the same call again
@@ -148,7 +148,7 @@ def embed_into_store(model, samples, store_path: str | os.PathLike, batch_size: 
     store_path = Path(store_path)
     kwargs = dict(batch_size=batch_size, chunk_size=chunk_size, image_set=image_set, task=task,
                   classes=classes, dtype=dtype, inference=inference, num_workers=num_workers,
-                  transform=transform)
+                  transform=transform, model_ref=model_ref)
     if distributed.world_size() <= 1:
         return _embed_single(model, samples, store_path, progress=progress, overwrite=overwrite,
                              **kwargs)
@@ -241,7 +241,8 @@ def _check_prefix(st: EmbeddingStore, samples: Sequence) -> None:
 
 
 def _open_for_embedding(model, samples: list, store_path: Path, *, image_set: str, task: str,
-                        classes: list[str], dtype: str, overwrite: bool, part: str | None) -> EmbeddingStore:
+                        classes: list[str], dtype: str, overwrite: bool, part: str | None,
+                        model_ref: dict | None = None) -> EmbeddingStore:
     """The store to embed into, open for appending: the existing one when it fits (resume),
     else a new one."""
     if store_path.exists() and not overwrite:
@@ -255,16 +256,16 @@ def _open_for_embedding(model, samples: list, store_path: Path, *, image_set: st
         return store
     return EmbeddingStore.create(store_path, model.fingerprint, model.embed_dim, image_set, dtype,
                                  task=task, classes=classes, overwrite=overwrite,
-                                 extra_attrs={"part": part} if part else {})
+                                 extra_attrs=({"part": part} if part else {}) | ({"model": model_ref} if model_ref else {}))
 
 
 def _embed_single(model, samples: list, store_path: Path, *, batch_size: int, chunk_size: int,
                   progress: bool, image_set: str, task: str, classes: list[str], dtype: str,
                   inference: str, num_workers: int | None, overwrite: bool, transform,
-                  part: str | None = None) -> EmbedReport:
+                  part: str | None = None, model_ref: dict | None = None) -> EmbedReport:
     t0 = time.perf_counter()
     store = _open_for_embedding(model, samples, store_path, image_set=image_set, task=task,
-                                classes=classes, dtype=dtype, overwrite=overwrite, part=part)
+                                classes=classes, dtype=dtype, overwrite=overwrite, part=part, model_ref=model_ref)
     _remove_stale_temps(store_path)
     resumed_from = store.consumed
     skipped_before = store.skipped_count
@@ -496,6 +497,7 @@ def run_embed(opts: EmbedOptions) -> EmbedResult:
     from clefctl.data.crops import crop_cache_for
     from clefctl.paths import write_json_atomic
     from clefctl.store.layout import crop_image_set
+    from clefctl.store.provenance import model_record
     from clefctl.store.index.run import index_after_embed
     from clefctl.workspace import Run, Workspace
 
@@ -519,7 +521,7 @@ def run_embed(opts: EmbedOptions) -> EmbedResult:
     distributed.barrier()
     report = embed_into_store(model, bundle, store_path, batch_size=opts.batch_size, chunk_size=opts.chunk_size,
                               progress=opts.progress, image_set=image_set, dtype=opts.dtype,
-                              num_workers=opts.workers, overwrite=opts.overwrite)
+                              num_workers=opts.workers, overwrite=opts.overwrite, model_ref=model_record(choice, model))
     summary, run, main = report.to_dict(), None, distributed.is_main()
     if main:
         if opts.index != "none" and report.rows:  # tuned on the data set's prompt texts, encoded by this model

@@ -69,7 +69,8 @@ def _resume_point(store: EmbeddingStore, files: list[str]) -> tuple[int, int]:
     return files.index(source), frame
 
 
-def _open(model, store_path: Path, image_set: str, dtype: str, overwrite: bool, meta: dict) -> EmbeddingStore:
+def _open(model, store_path: Path, image_set: str, dtype: str, overwrite: bool, meta: dict,
+          model_ref: dict | None = None) -> EmbeddingStore:
     if store_path.exists() and not overwrite:
         store = EmbeddingStore.open(store_path, mode="a")
         try:
@@ -79,7 +80,7 @@ def _open(model, store_path: Path, image_set: str, dtype: str, overwrite: bool, 
             raise
         return store
     return EmbeddingStore.create(store_path, model.fingerprint, model.embed_dim, image_set, dtype,
-                                 overwrite=overwrite, extra_attrs={"media": meta})
+                                 overwrite=overwrite, extra_attrs={"media": meta} | ({"model": model_ref} if model_ref else {}))
 
 
 class _Rows:
@@ -125,7 +126,7 @@ def embed_media_into_store(model, inputs, store_path: str | os.PathLike, *, ever
                            max_frames: int | None = None, batch_size: int = 64, chunk_size: int = 1024,
                            dtype: str = "float16", inference: str = "auto", progress: bool = True,
                            overwrite: bool = False, image_set: str | None = None,
-                           faces="auto") -> tuple[EmbedReport, dict]:
+                           faces="auto", model_ref: dict | None = None) -> tuple[EmbedReport, dict]:
     """Embed every face of the photos and videos ``inputs`` (files, folders, globs) into the store
     at ``store_path``, resuming it (see the module docstring); ``faces``: the ``--detector`` choice.
     Returns the :class:`EmbedReport` and the pipeline's counts (``frames``, ``faces``,
@@ -145,7 +146,7 @@ def embed_media_into_store(model, inputs, store_path: str | os.PathLike, *, ever
     t0 = time.perf_counter()
     store = _open(model, store_path, image_set, dtype, overwrite,
                   {"sources": len(files), "every": every, "max_frames": max_frames,
-                   "detector": faces.describe()})
+                   "detector": faces.describe()}, model_ref)
     stats = PipelineStats()
     resumed_from, rows, skipped_before = store.count, _Rows(_names(files)), set(store.skipped_ids)
     try:
@@ -195,6 +196,7 @@ def run_embed_media(opts) -> EmbedResult:
     from clefctl.data.faces import expand_inputs
     from clefctl.paths import write_json_atomic
     from clefctl.store.index.run import index_after_embed
+    from clefctl.store.provenance import model_record
     from clefctl.workspace import Run, Workspace
 
     if distributed.world_size() > 1:
@@ -216,7 +218,7 @@ def run_embed_media(opts) -> EmbedResult:
     report, counts = embed_media_into_store(model, files, store_path, every=opts.every, max_frames=opts.max_frames,
                                             batch_size=opts.batch_size, chunk_size=opts.chunk_size, dtype=opts.dtype,
                                             progress=opts.progress, overwrite=opts.overwrite, image_set=image_set,
-                                            faces=faces)
+                                            faces=faces, model_ref=model_record(choice, model))
     summary, run = {**report.to_dict(), **counts}, None
     if opts.index != "none" and report.rows:  # tuned on text queries, as a data set's store is (issue 16)
         summary["index"] = index_after_embed(store_path, opts.index, model, media_prompts(model),

@@ -27,13 +27,14 @@ def merge_parts(part_paths: Sequence[str | os.PathLike], out_path: str | os.Path
     sources = ([Path(base)] if base is not None else []) + [Path(p) for p in part_paths]
     if not sources:
         raise ClefError("no part files to merge")
-    metas = []
+    metas, record = [], None
     for i, p in enumerate(sources):
         with EmbeddingStore.open(p) as st:
             if not st.complete and not (base is not None and i == 0):
                 raise ClefError(f"part file is incomplete ({st.consumed} inputs consumed)", path=p,
                                 hint="rerun the embedding to finish it before merging")
             metas.append((st.fingerprint, st.dim, st.dtype, st.task, tuple(st.classes), st.image_set))
+            record = record if i else st.model_record
     if len(set(m[:5] for m in metas)) != 1:
         raise ClefError("part files come from different models or label sets; cannot merge: "
                         + "; ".join(f"{p.name}: {m[0]} {m[1]}-d {m[2]}" for p, m in zip(sources, metas)))
@@ -42,8 +43,8 @@ def merge_parts(part_paths: Sequence[str | os.PathLike], out_path: str | os.Path
     own_lock = lock.try_acquire()
     try:
         with atomic_path(out_path) as tmp:
-            write_skeleton(tmp, fingerprint, dim, image_set, dtype, task, list(classes), {},
-                           shown_as=out_path)
+            write_skeleton(tmp, fingerprint, dim, image_set, dtype, task, list(classes),
+                           {"model": record} if record else {}, shown_as=out_path)
             out = EmbeddingStore._open_writer(tmp, WriterLock(tmp).acquire())
             try:
                 for p in sources:
