@@ -40,7 +40,7 @@ def fer(tmp_path_factory):
     """An untrained clef-tiny saved as a fine-tuned expression model (rafdb's 7 classes, name
     embeddings), its export (with the prompt set it names) and a face image to predict."""
     from clefctl.data.synthetic import write_fer
-    from clefctl.prompts import load_prompts
+    from clefctl.prompts import PromptSet, load_prompts
     from clefctl.weights.export import export_model
 
     d = tmp_path_factory.mktemp("strict")
@@ -52,7 +52,9 @@ def fer(tmp_path_factory):
         prompts.name_texts())})
     out = d / "exported"
     export_model(str(ck), out)
-    prompts.save(out / "prompts.yaml")
+    own = prompts.to_dict()                       # the export's own set differs from the shipped rafdb
+    own["classes"][0]["name"] = "startled wide-eyed face"
+    PromptSet.from_dict(own).save(out / "prompts.yaml")
     doc = json.loads((out / "clefctl.json").read_text())
     doc["prompts"] = "prompts.yaml"
     (out / "clefctl.json").write_text(json.dumps(doc))
@@ -136,3 +138,48 @@ def test_the_intact_export_predicts_its_seven_classes(fer, tmp_path, capsys):
     header, row = (tmp_path / "p.csv").read_text().splitlines()[:2]
     assert len(header.split(",")) == len(row.split(","))
     assert all(c in header.split(",") for c in fer["classes"])
+
+
+# ---------------------------------------------------------------- a model says what it is (item 11)
+
+
+def test_weights_of_a_finetuned_export_predict_as_that_model(fer, tmp_path, capsys, monkeypatch):
+    """``predict --weights EXPORT`` (or ``hf-hub:ORG/NAME``) scores with the export's own head and
+    classes, exactly as ``--fer-checkpoint EXPORT``; plain weights still ask for --prompts."""
+    outs = {}
+    snap = tmp_path / "hf" / "hub" / "models--my-lab--clef-fer" / "snapshots" / ("0" * 40)
+    shutil.copytree(fer["export"], snap)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name, args in (("checkpoint", ["--fer-checkpoint", fer["export"]]), ("weights", ["--weights", fer["export"]]),
+                       ("hub", ["--weights", "hf-hub:my-lab/clef-fer"])):
+        csv = tmp_path / f"{name}.csv"
+        code, out, err = run_cli(["predict", fer["image"], *args, "--out", csv, "--workspace", tmp_path / "ws",
+                                  "--no-timeline", "--json"], capsys)
+        assert code == 0, err
+        assert json.loads(out)["scoring"]["fer"].startswith("fine-tuned head")
+        outs[name] = csv.read_text()
+    assert outs["weights"] == outs["checkpoint"] == outs["hub"]
+    assert all(c in outs["weights"].splitlines()[0].split(",") for c in fer["classes"])
+    plain = save_checkpoint(tmp_path / "pretrained.pt", create("clef-tiny"), {"stage": "pretrain"})
+    code, _, err = run_cli(["predict", fer["image"], "--weights", plain, "--out", tmp_path / "p.csv",
+                            "--workspace", tmp_path / "ws"], capsys)
+    one_line_error(code, err, "not a fine-tuned model", "--prompts")
+
+
+def test_an_export_brings_its_own_prompt_set(fer):
+    from clefctl.explain.inputs import prompt_set_for
+    from clefctl.prompts import load_prompts
+    from clefctl.weights.hub import declared_meta, model_prompts_file
+
+    assert model_prompts_file(str(fer["export"])) == fer["export"] / "prompts.yaml"
+    assert model_prompts_file(str(fer["checkpoint"])) is None      # a lone file: no run folder around it
+    meta = declared_meta(str(fer["export"]))
+    assert meta["stage"] == "finetune" and meta["task"] == "fer" and meta["classes"] == fer["classes"]
+    assert declared_meta(str(fer["checkpoint"]))["classes"] == fer["classes"]
+    model = create(weights=str(fer["export"]))
+    own = load_prompts(fer["export"] / "prompts.yaml")
+    assert own.hash != load_prompts("rafdb").hash and prompt_set_for(model).hash == own.hash

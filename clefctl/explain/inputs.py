@@ -57,8 +57,8 @@ def prompt_set_for(model, run_dir: Path | None = None, prompts: str | None = Non
         ps = load_prompts(prompts)
     elif run_dir is not None and (Path(run_dir) / "prompts.yaml").is_file():
         ps = load_prompts(Path(run_dir) / "prompts.yaml")
-    elif model_prompts_file(getattr(model, "load_report", None) and model.load_report.path) is not None:
-        ps = load_prompts(model_prompts_file(model.load_report.path))   # an exported model's own set
+    elif (own := model_prompts_file(getattr(getattr(model, "load_report", None), "path", None))) is not None:
+        ps = load_prompts(own)   # an exported model's own set
     elif meta.get("dataset") in available_prompt_sets():
         ps = load_prompts(meta["dataset"])
     else:

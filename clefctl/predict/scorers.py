@@ -119,12 +119,25 @@ def build_scorers(ws: Workspace, *, au_checkpoint: str | None, fer_checkpoint: s
         choice = ws.resolve_model(weights, arch=arch)
         model = choice.load(device, trust_checkpoint=trust_checkpoint, default_arch=arch or "ViT-B-16")
         return [zero_shot(model, p, prompt_mode) for p in sorted(sets, key=lambda p: p.task)]
-    if weights:
-        raise ClefError("--weights needs --prompts: it scores zero-shot from a prompt set",
-                        hint="add --prompts bp4d (AUs) or --prompts rafdb (expressions); fine-tuned models "
-                             "go with --au-checkpoint / --fer-checkpoint")
     scorers = []
+    if weights:  # a fine-tuned model says what it is (its task, classes and head): it scores as one
+        from clefctl.weights.hub import declared_meta
+
+        ck = ws.resolve_model(weights, arch=arch).weights
+        meta = declared_meta(ck, trust_checkpoint=trust_checkpoint)
+        if meta.get("stage") != "finetune" or meta.get("task") not in ("au", "fer"):
+            raise ClefError(f"--weights {weights} is not a fine-tuned model, so it needs --prompts: it scores "
+                            "zero-shot from a prompt set",
+                            hint="add --prompts bp4d (AUs) or --prompts rafdb (expressions), or give a fine-tuned "
+                                 "run, export or hf-hub: model")
+        given_for = au_checkpoint if meta["task"] == "au" else fer_checkpoint
+        if given_for is not None:
+            raise ClefError(f"--weights {weights} is a fine-tuned {meta['task']} model and --{meta['task']}-checkpoint "
+                            "names another", hint="give one model per task")
+        scorers.append(finetuned(Predictor.load(ck, device, trust_checkpoint), str(weights)))
     for task, given in (("au", au_checkpoint), ("fer", fer_checkpoint)):
+        if weights and given is None:
+            continue  # --weights names the model: no newest run added for the other task
         if given is not None:
             ck, what = ws.resolve_model(given, stages=("finetune",)).weights, str(given)
         else:

@@ -282,11 +282,12 @@ def nearest_with_precision(model, text: str, hits, store_config: dict | None = N
     Returns ``{"nearest": [{rank, class_id, name, score}, ...], "precision_at_k": float | None}``.
     """
     from clefctl.prompts import load_prompts
+    from clefctl.weights.hub import model_prompts_file
 
     cfg = store_config or {}
     weights = cfg.get("weights")
-    run_prompts = Path(weights).parent / "prompts.yaml" if weights and weights != "random" else None
-    name = str(run_prompts) if run_prompts is not None and run_prompts.is_file() else (
+    run_prompts = model_prompts_file(weights)   # the run's prompts.yaml, or an exported model's own
+    name = str(run_prompts) if run_prompts is not None else (
         model.meta.get("dataset") or cfg.get("dataset") or "bp4d")
     near = nearest_classes(model, load_prompts(name), text, k=k)
     records = near.to_dict(orient="records")

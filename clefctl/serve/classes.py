@@ -11,7 +11,6 @@ expression sets the face's expression must be one of those named.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -30,6 +29,7 @@ def default_prompts(store, model, config: dict | None = None, prompts: str | Non
     """
     from clefctl.prompts import available_prompt_sets, load_prompts
     from clefctl.search import fitting_prompt_sets, check_prompts_fit
+    from clefctl.weights.hub import model_prompts_file
 
     if prompts:
         ps = load_prompts(prompts)
@@ -37,9 +37,9 @@ def default_prompts(store, model, config: dict | None = None, prompts: str | Non
         return ps
     cfg = config or {}
     candidates: list[str] = []
-    weights = cfg.get("weights")
-    if weights and weights != "random" and (Path(weights).parent / "prompts.yaml").is_file():
-        candidates.append(str(Path(weights).parent / "prompts.yaml"))
+    own = model_prompts_file(cfg.get("weights"))   # the run's, or an exported model's own
+    if own is not None:
+        candidates.append(str(own))
     meta = getattr(model, "meta", None) or {}
     shipped = available_prompt_sets()
     candidates += [n for n in (meta.get("dataset"), cfg.get("dataset"), store.image_set) if n in shipped]

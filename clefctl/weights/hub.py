@@ -211,6 +211,49 @@ def _clef_meta(clef: dict, path: Path) -> dict:
     return dict(meta)
 
 
+def model_folder(weights) -> Path | None:
+    """The folder of ``weights`` when it is a model folder (exported or ``hf-hub:``, fetched or cached)."""
+    if isinstance(weights, str) and weights.startswith(HF_PREFIX):
+        return snapshot(weights)
+    return Path(weights).expanduser() if weights and is_model_folder(weights) else None
+
+
+def declared_meta(weights, *, trust_checkpoint: bool = False) -> dict:
+    """What a model says it is, without building it: the clefctl metadata (``stage``, ``task``,
+    ``classes``, ...) of a model folder's clefctl.json or of a clefctl checkpoint file (memory-mapped);
+    {} for anything else (a registry name, an open_clip tag, plain CLIP weights)."""
+    from clefctl.model.formats import _unwrap, read_weights_file
+
+    if not weights or weights == "random":
+        return {}
+    folder = model_folder(weights)
+    if folder is not None:
+        return _clef_meta(_json(folder / CLEF_NAME), folder / CLEF_NAME) if (folder / CLEF_NAME).is_file() else {}
+    path = Path(str(weights)).expanduser()
+    if not path.is_file():
+        return {}
+    obj, _ = read_weights_file(path, trust_checkpoint=trust_checkpoint, mmap=True)
+    return dict(_unwrap(obj)[1]) if isinstance(obj, dict) else {}
+
+
+def model_prompts_file(weights) -> Path | None:
+    """The prompt set a model was trained with: a model folder's own (clefctl.json's ``prompts``), or
+    the ``prompts.yaml`` of the run folder a weights file lies in; None when there is none."""
+    if not weights or weights == "random":
+        return None
+    try:
+        folder = model_folder(weights)
+    except ClefError:
+        return None
+    if folder is not None:
+        clef = _json(folder / CLEF_NAME) if (folder / CLEF_NAME).is_file() else {}
+        name = clef.get("prompts") if isinstance(clef.get("prompts"), str) else "prompts.yaml"
+        found = folder / Path(name).name
+    else:
+        found = Path(str(weights)).expanduser().parent / "prompts.yaml"
+    return found if found.is_file() else None
+
+
 def apply_preprocess(clip, preprocess, preprocess_cfg: dict):
     """The eval transform for a folder's ``preprocess_cfg`` (mean, std, interpolation, resize mode);
     ``preprocess`` itself when the folder asks for nothing different."""
