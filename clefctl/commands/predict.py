@@ -27,8 +27,9 @@ def _no_face_line(no_face: dict) -> str:
               help="Fine-tuned expression model: a model.pt, run, exported folder or hf-hub:ORG/NAME "
                    "(default: newest FER run).")
 @click.option("--weights", default=None,
-              help="Zero-shot: any weights (registry name such as farl-ep64, file, open_clip tag, 'random'); "
-                   "needs --prompts.")
+              help="A fine-tuned model (run, model.pt, exported folder, hf-hub:ORG/NAME) scores with its own "
+                   "head and classes; any other weights (registry name such as farl-ep64, file, open_clip tag, "
+                   "'random') score zero-shot and need --prompts.")
 @click.option("--arch", default=None, help="Zero-shot: architecture of --weights (default ViT-B-16; "
                                            "clef-tiny for --weights random).")
 @click.option("--prompts", "prompts", multiple=True,
@@ -64,8 +65,8 @@ def predict(inputs, out_csv, au_checkpoint, fer_checkpoint, weights, arch, promp
     gets a timeline PNG. Files that cannot be decoded are skipped with a warning and listed in the
     summary ("skipped", "unreadable").
 
-    Models: the newest fine-tuned AU and expression runs (or --au-checkpoint / --fer-checkpoint),
-    or zero-shot with --weights and --prompts.
+    Models: the newest fine-tuned AU and expression runs (or --au-checkpoint / --fer-checkpoint, or a
+    fine-tuned model as --weights), or zero-shot with --weights and --prompts.
 
     \b
     Example: clefctl predict photos/ --out predictions.csv
