@@ -221,6 +221,10 @@ def _load_data(opts: FinetuneOptions):
     if bundle.task not in ("au", "fer"):
         raise ClefError(f"data set {bundle.name} has no AU or expression labels to fine-tune on")
     prompts = load_prompts(opts.prompts or bundle.prompts or _need_prompts(bundle))
+    if prompts.task != bundle.task:  # AU prompts on expression labels (or the reverse) train the wrong loss
+        raise ClefError(f"prompt set {opts.prompts or prompts.dataset} is for task {prompts.task}, but "
+                        f"{bundle.name} has {bundle.task} labels", hint=f"give a prompt set with task: {bundle.task}"
+                        + (f" (e.g. --prompts {bundle.prompts})" if bundle.prompts else ""))
     prompts = prompts.subset(bundle.classes)
     split = split_for(bundle, opts)
     if not split[0]:

@@ -440,8 +440,12 @@ def _load_file(path: Path) -> PromptSet:
         raise ClefError("expected a prompt YAML file, got a folder", path=str(path))
     try:
         text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ClefError(f"the prompt file is not UTF-8 text ({exc.reason})", path=str(path)) from None
+    except UnicodeDecodeError as exc:  # the line and the byte, as label files say it (records.open_text)
+        from clefctl.data.records import _SAVE_AS_UTF8, _first_problem
+
+        line, problem = _first_problem(path, "utf-8")
+        raise ClefError(f"the prompt file is {problem}, at byte offset {exc.start}", path=str(path), line=line,
+                        hint=_SAVE_AS_UTF8) from None
     except OSError as exc:
         raise ClefError(f"cannot read the prompt file: {exc.strerror}", path=str(path)) from None
     return parse_prompts(text, str(path))
