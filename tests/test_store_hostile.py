@@ -200,3 +200,71 @@ def test_a_store_records_its_model_and_opens_from_any_folder(tmp_path, monkeypat
     weights.rename(tmp_path / "w" / "moved.pt")
     code, _, err = _run(["query", "another face", "--store", out], capsys)
     assert code == 2 and str(weights.resolve()) in err and "--weights" in err and len(err.splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# nothing readable is not "complete" (item 5); SIGTERM stops embed as Ctrl-C does (item 13)
+
+
+def test_embed_of_nothing_readable_fails_and_leaves_no_complete_store(tmp_path, capsys):
+    (tmp_path / "zero.mp4").write_bytes(b"")
+    out = tmp_path / "z.h5"
+    code, _, err = _run(["embed", tmp_path / "zero.mp4", "--weights", "random", "--arch", "clef-tiny",
+                         "--out", out, "--index", "none"], capsys)
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "none of the 1 inputs could be read" in lines[0], err
+    assert str(tmp_path / "zero.mp4") in lines[0] and not out.exists()
+
+
+_SLOW_EMBED = r"""
+import sys, time
+from clefctl import store as S
+real = S.EmbeddingStore.append_columns
+def slow(self, *a, **k):
+    out = real(self, *a, **k)
+    print(f"committed {self.count}", file=sys.stderr, flush=True)
+    time.sleep(0.3)
+    return out
+S.EmbeddingStore.append_columns = slow
+from clefctl.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stopped_embed_says_what_is_kept_and_how_to_continue(tmp_path, image_folder, sig):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    imgs = image_folder(40)
+    out = tmp_path / "s.h5"
+    args = ["embed", "--dataset", "folder", "--dataset-root", str(imgs), "--weights", "random", "--arch",
+            "clef-tiny", "--out", str(out), "--index", "none", "--workers", "0", "--chunk-size", "8",
+            "--batch-size", "8"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_EMBED, *args], stderr=subprocess.PIPE, text=True, env=env)
+    seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        seen.append(line)
+        if line.startswith("committed 16"):
+            break
+    proc.send_signal(getattr(signal, sig))
+    rest = proc.stderr.read()
+    proc.wait(timeout=60)
+    last = rest.strip().splitlines()[-1]
+    assert proc.returncode == 130, (proc.returncode, rest[-2000:])     # the old code: 143 and nothing said
+    assert sig in last and "rows committed" in last and str(out) in last and "run the same command again" in last
+    with S.EmbeddingStore.open(out) as st:
+        assert 16 <= st.count < 80 and st.count % 8 == 0 and not st.complete
+    from clefctl.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--json"])
+    assert exc.value.code in (0, None)
+    with S.EmbeddingStore.open(out) as st:
+        assert st.count == 80 and st.complete

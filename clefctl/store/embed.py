@@ -33,6 +33,7 @@ import numpy as np
 
 from clefctl.errors import ClefError
 from clefctl.store.format import STORE_SUFFIX, EmbeddingStore, store_filename
+from clefctl.store.jobs import finish, stopping
 from clefctl.store.merge import merge_parts
 
 if TYPE_CHECKING:
@@ -280,7 +281,7 @@ def _embed_single(model, samples: list, store_path: Path, *, batch_size: int, ch
         if store.consumed != n:
             raise ClefError(f"embedding ended after {store.consumed} of {n} images")
         skipped_now = store.skipped_count - skipped_before
-        store.mark_complete()
+        finish(store, check=part is None)       # nothing readable: an error, and no store
         seconds = time.perf_counter() - t0
         report = EmbedReport(str(store_path), store.count, store.skipped_count, embedded_now,
                              resumed_from, store.complete, seconds,
@@ -519,9 +520,10 @@ def run_embed(opts: EmbedOptions) -> EmbedResult:
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
-    report = embed_into_store(model, bundle, store_path, batch_size=opts.batch_size, chunk_size=opts.chunk_size,
-                              progress=opts.progress, image_set=image_set, dtype=opts.dtype,
-                              num_workers=opts.workers, overwrite=opts.overwrite, model_ref=model_record(choice, model))
+    with stopping(store_path):
+        report = embed_into_store(model, bundle, store_path, batch_size=opts.batch_size, chunk_size=opts.chunk_size,
+                                  progress=opts.progress, image_set=image_set, dtype=opts.dtype,
+                                  num_workers=opts.workers, overwrite=opts.overwrite, model_ref=model_record(choice, model))
     summary, run, main = report.to_dict(), None, distributed.is_main()
     if main:
         if opts.index != "none" and report.rows:  # tuned on the data set's prompt texts, encoded by this model

@@ -29,6 +29,7 @@ import numpy as np
 from clefctl.errors import ClefError
 from clefctl.store.embed import STORE_NAME, EmbedReport, EmbedResult, _check_compatible, embed_run_dir
 from clefctl.store.format import EmbeddingStore
+from clefctl.store.jobs import finish, stopping
 from clefctl.store.layout import MEDIA_PREFIX
 from clefctl.store.layout import STRING_COLUMNS, Columns, normalise
 
@@ -168,7 +169,7 @@ def embed_media_into_store(model, inputs, store_path: str | os.PathLike, *, ever
                         store.append_columns(rows.columns(store.dim), rows.skipped)
                         rows.clear()
             store.append_columns(rows.columns(store.dim), rows.skipped)
-        store.mark_complete()
+        finish(store)                   # nothing readable: an error, and no store
         seconds = time.perf_counter() - t0
         now = store.count - resumed_from
         report = EmbedReport(str(store_path), store.count, store.skipped_count, now, resumed_from, store.complete,
@@ -215,10 +216,11 @@ def run_embed_media(opts) -> EmbedResult:
     run_dir = embed_run_dir(ws, model.fingerprint, image_set) if opts.out is None else Path(opts.out).parent
     store_path = run_dir / STORE_NAME if opts.out is None else Path(opts.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    report, counts = embed_media_into_store(model, files, store_path, every=opts.every, max_frames=opts.max_frames,
-                                            batch_size=opts.batch_size, chunk_size=opts.chunk_size, dtype=opts.dtype,
-                                            progress=opts.progress, overwrite=opts.overwrite, image_set=image_set,
-                                            faces=faces, model_ref=model_record(choice, model))
+    with stopping(store_path):
+        report, counts = embed_media_into_store(model, files, store_path, every=opts.every, max_frames=opts.max_frames,
+                                                batch_size=opts.batch_size, chunk_size=opts.chunk_size, dtype=opts.dtype,
+                                                progress=opts.progress, overwrite=opts.overwrite, image_set=image_set,
+                                                faces=faces, model_ref=model_record(choice, model))
     summary, run = {**report.to_dict(), **counts}, None
     if opts.index != "none" and report.rows:  # tuned on text queries, as a data set's store is (issue 16)
         summary["index"] = index_after_embed(store_path, opts.index, model, media_prompts(model),
