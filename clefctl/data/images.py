@@ -1,5 +1,6 @@
 """Image files to RGB pixels: the one image reader (:func:`read_rgb`), reduced JPEG decoding
-(:func:`read_reduced`, PIL's ``draft``) and face-box crops (:func:`crop_to_box`).
+(:func:`read_reduced`, PIL's ``draft``), face-box crops (:func:`crop_to_box`) and the bounds every
+image and video frame is held to before native code sees its pixels (:func:`size_problem`).
 
 Torch-free, so worker processes that only read images (``clefctl data prepare``) do not import torch.
 """
@@ -9,6 +10,36 @@ from __future__ import annotations
 from pathlib import Path
 
 from PIL import Image
+
+MIN_SIDE = 16                  # pixels: a narrower image holds no face (and upscaling it misleads detectors)
+MAX_ASPECT = 20.0              # longer side / shorter side: a strip, not a photo
+MAX_PIXELS = 150_000_000       # decoded RGB of 450 MB; larger files are refused before they are decoded
+
+
+class ImageBoundsError(ValueError):
+    """An image (or video frame) outside :func:`size_problem`'s bounds; the message says why."""
+
+
+def size_problem(width: int, height: int) -> str | None:
+    """Why an image of ``width`` x ``height`` pixels is refused before decoding, or None. Bounds:
+    each side at least :data:`MIN_SIDE`, the longer side at most :data:`MAX_ASPECT` times the
+    shorter, at most :data:`MAX_PIXELS` pixels. OpenCV's detectors and resizers crash or allocate
+    gigabytes on the rest (a 20000x3 strip scaled to a detection size; a decompression bomb)."""
+    w, h = int(width), int(height)
+    if min(w, h) < MIN_SIDE:
+        return f"it is {w}x{h} pixels: a side shorter than {MIN_SIDE} pixels holds no face"
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        return f"it is {w}x{h} pixels: more than {MAX_ASPECT:g} times longer than wide, a strip, not a photo"
+    if w * h > MAX_PIXELS:
+        return f"it is {w}x{h} pixels ({w * h / 1e6:.0f} megapixels, more than {MAX_PIXELS / 1e6:.0f})"
+    return None
+
+
+def check_size(width: int, height: int) -> None:
+    """Raise :class:`ImageBoundsError` for an image outside the bounds of :func:`size_problem`."""
+    problem = size_problem(width, height)
+    if problem:
+        raise ImageBoundsError(problem)
 
 
 def read_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
@@ -31,6 +62,7 @@ def read_reduced(path: str | Path, min_side: int | None = None, box=None) -> tup
     to cut the reduced image."""
     with Image.open(path) as raw:
         full_w, full_h = raw.size
+        check_size(full_w, full_h)        # from the header, before any pixel is decoded
         factor = _draft_factor(full_w, full_h, min_side, box) if raw.format == "JPEG" else 1
         if factor > 1:
             raw.draft(None, (-(-full_w // factor), -(-full_h // factor)))

@@ -77,7 +77,8 @@ def run_predict(opts: PredictOptions) -> dict:
     (``frames``, ``faces``, ``no_face_frames``, ``fps`` end to end, ``detection_share``, ...).
 
     Unreadable inputs get no row; the summary counts them (``skipped``) and lists them
-    (``unreadable``). The CSV is written to a temporary file and renamed at the end."""
+    (``unreadable``); when no input at all can be read, a ClefError and no CSV. The CSV is written to
+    a temporary file and renamed at the end."""
     from clefctl.data.faces import PipelineStats, expand_inputs, is_video, iter_faces, model_encoder
     from clefctl.data.faces.choice import resolve_detector
     from clefctl.data.faces.video import video_frame_estimate
@@ -121,6 +122,11 @@ def run_predict(opts: PredictOptions) -> dict:
                 continue
             for row in _rows(ff, scorers, which):
                 writer.emit(smoother.push(row))
+        if not stats.frames:  # nothing was read: no CSV, not a success
+            bad = stats.unreadable
+            raise ClefError(f"none of the {len(files)} input{'s' if len(files) != 1 else ''} could be read as an "
+                            f"image or video ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); nothing was "
+                            f"written", hint="check the files (empty, cut short, or not an image or video)")
         writer.emit(smoother.flush())
     writer.finish()
     seconds = time.perf_counter() - t0

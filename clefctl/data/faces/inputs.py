@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from clefctl.errors import ClefError
 
@@ -39,22 +41,38 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray | None:
-    """Decode an image file to HxWx3 uint8 RGB; None when it is empty or not an image."""
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
-        return None
-    if data.size == 0:
-        return None
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if bgr is None or bgr.size == 0:
-        from clefctl.data.images import read_rgb
+    """Decode an image file to HxWx3 uint8 RGB; None when it is empty, not an image, or outside the
+    image bounds (:func:`clefctl.data.images.size_problem`: checked on the header before decoding,
+    with one warning saying why it is skipped)."""
+    from clefctl.data.images import size_problem
 
+    try:
+        with Image.open(str(path)) as head:
+            width, height = head.size
+    except Exception:  # noqa: BLE001 - not an image PIL knows: OpenCV may, and its pixels are checked below
+        width = height = None
+    problem = size_problem(width, height) if width is not None else None
+    if problem is None:
         try:
-            return np.asarray(read_rgb(path))
-        except Exception:  # noqa: BLE001 - any decoder failure means "unreadable"
+            data = np.fromfile(str(path), dtype=np.uint8)
+        except OSError:
             return None
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if data.size == 0:
+            return None
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if width is not None or data.size < (64 << 20) else None
+        if bgr is not None and bgr.size:
+            problem = size_problem(bgr.shape[1], bgr.shape[0])
+            if problem is None:
+                return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if problem is not None:
+        warnings.warn(f"{path}: skipped: {problem}", stacklevel=2)
+        return None
+    from clefctl.data.images import read_rgb
+
+    try:
+        return np.asarray(read_rgb(path))
+    except Exception:  # noqa: BLE001 - any decoder failure means "unreadable"
+        return None
 
 
 def is_video(path: str | os.PathLike) -> bool:

@@ -4,6 +4,7 @@ length), estimate how many frames that gives, and read one frame back (contact s
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,20 +41,30 @@ def iter_video_frames(path: str | os.PathLike, every: int = 1,
     """Yield ``(frame_index, timestamp_s, rgb)`` for every ``every``-th frame, at most ``max_frames``.
 
     ``frame_index`` counts from 0 (the face pipeline reports it 1-based, as OpenFace does).
-    Skipped frames are grabbed, not converted. A video that cannot be opened raises
-    :class:`ClefError` naming the file.
+    Skipped frames are grabbed, not converted. A video that cannot be opened, or whose frames lie
+    outside the image bounds (:func:`clefctl.data.images.size_problem`), raises :class:`ClefError`
+    naming the file; one that ends well before the frame count its header declares (cut short or
+    damaged) is warned about once, naming the frame it ended at.
     """
+    from clefctl.data.images import size_problem
+
     if every < 1:
         raise ClefError(f"--every must be >= 1, got {every}")
     cap = open_video(path)
     try:
         fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        problem = size_problem(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0))
+        if problem and cap.get(cv2.CAP_PROP_FRAME_WIDTH):
+            raise ClefError(f"the video's frames are refused: {problem}", path=path)
         index = yielded = 0
         while max_frames is None or yielded < max_frames:
             if index % every == 0:
                 ok, bgr = cap.read()
                 if not ok or bgr is None:
                     break
+                if yielded == 0 and (problem := size_problem(bgr.shape[1], bgr.shape[0])):
+                    raise ClefError(f"the video's frames are refused: {problem}", path=path)
                 if fps > 0:
                     stamp = index / fps
                 else:
@@ -63,6 +74,9 @@ def iter_video_frames(path: str | os.PathLike, every: int = 1,
             elif not cap.grab():
                 break
             index += 1
+        if declared > 1 and index < 0.9 * declared - 1 and (max_frames is None or yielded < max_frames):
+            warnings.warn(f"{path}: the video ended after {index} of the {declared} frames its header declares "
+                          "(cut short or damaged); the frames read are used", stacklevel=2)
     finally:
         cap.release()
 
