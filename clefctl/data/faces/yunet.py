@@ -41,8 +41,9 @@ from clefctl.data.faces.track import iou_matrix
 from clefctl.errors import ClefError
 
 #: The score below which YuNet's candidates are not faces (``--min-confidence``). 0.6 keeps the
-#: faces YuNet scores lowest (darker, turned, small: ~0.7-0.9) and rejects the face-like patterns
-#: of clouds, shirts and textures it scores 0.3-0.55 (benchmarks/detect_skin.py, docs/predict.md).
+#: faces YuNet scores lowest (small, blurred or turned real faces: ~0.7-0.9) and rejects the
+#: face-like patterns of textures it scores up to 0.58 on scikit-image's face-free photos (a star
+#: field, the moon, coffee); benchmarks/detect_skin.py measures both sides.
 DEFAULT_MIN_CONFIDENCE = 0.6
 _NMS = 0.3                  # YuNet's own non-maximum suppression within one pass (IoU)
 _MERGE_IOU = 0.3            # faces of two passes overlapping more than this are one face
