@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from clefctl.commands.options import face_options
 from clefctl.errors import ClefError
 
 
@@ -69,9 +70,10 @@ def resolve_store(store: str | None, run_ref: str | None, workspace) -> tuple[Pa
 @click.option("--sheet", "--contact-sheet", "sheet", default=None, type=click.Path(dir_okay=False),
               help="Also draw the hits into this PNG.")
 @click.option("--workspace", default=None, type=click.Path(file_okay=False))
+@face_options
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
 def query(text, image, whole_image, k, store, run_ref, weights, arch, trust_checkpoint, index_kind, show_classes,
-          sheet, workspace, as_json) -> None:
+          sheet, workspace, detector, min_confidence, as_json) -> None:
     """Find the stored images nearest to a text (or to an image / store id).
 
     Uses the latest store; when none exists it embeds the latest fine-tuning run's data set first.
@@ -98,7 +100,7 @@ def query(text, image, whole_image, k, store, run_ref, weights, arch, trust_chec
     else:
         model = store_model(store_path, cfg, weights, arch, trust_checkpoint, workspace)
         hits = query_image(store_path, model, image, k=k, index=index_kind, progress=True,
-                           face=False if whole_image else None)
+                           face=False if whole_image else None, detector=detector, min_confidence=min_confidence)
         if hits.attrs.get("query_face") is not None and not as_json:
             x, y, w, h = hits.attrs["query_face"]
             click.echo(f"searching with the largest face of {image} (x {x}, y {y}, {w}x{h} px; --whole-image for "

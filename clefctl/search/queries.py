@@ -179,22 +179,22 @@ def store_detector(st: EmbeddingStore, detector: str = "auto") -> str:
 
 def query_image(store, model, image: str | os.PathLike, k: int = 10, *, index: str = "auto",
                 params: IndexParams | None = None, progress: bool = False, face: bool | None = None,
-                detector: str = "auto"):
+                detector: str = "auto", min_confidence: float | None = None):
     """The ``k`` store images nearest to an image file, or to a store row given by its id
     (then the image encoder is not run and the row itself comes first, score 1).
 
     ``face``: search with the largest face of the image, cropped as ``embed PATH...`` crops faces
     (None: when the store's rows are face crops, :func:`face_store`); the hits' ``attrs["query_face"]``
     is its box (x, y, w, h), or None when the whole image was searched (a warning when no face was
-    found). ``detector``: the ``--detector`` that finds it (``auto``: as the store's faces were found,
-    :func:`store_detector`)."""
+    found). ``detector``, ``min_confidence``: the ``--detector`` choice that finds it (``auto``: as the
+    store's faces were found, :func:`store_detector`)."""
     st, own = _open_store(store, model)
     try:
         p = Path(str(image)).expanduser()
         query_face = None
         if p.is_file():
             vec, query_face = _encode_image_file(model, p, face_store(st) if face is None else face,
-                                                 store_detector(st, detector))
+                                                 store_detector(st, detector), min_confidence)
             label = str(p)
         else:
             ids = st.ids
@@ -214,21 +214,23 @@ def query_image(store, model, image: str | os.PathLike, k: int = 10, *, index: s
             st.close()
 
 
-def _query_face(model, path: Path, detector: str = "auto"):
+def _query_face(model, path: Path, detector: str = "auto", min_confidence: float | None = None):
     """(crop as PIL, box) of the largest face of the image ``path`` (the face pipeline of ``embed
     PATH...``), or None when it has none."""
     from PIL import Image
 
     from clefctl.data.faces import iter_faces
+    from clefctl.data.faces.choice import resolve_detector
 
-    for ff in iter_faces([path], size=model.image_size, faces=detector):
+    for ff in iter_faces([path], size=model.image_size, faces=resolve_detector(detector, min_confidence)):
         if ff.faces:
             best = max(ff.faces, key=lambda f: f.box[2] * f.box[3])
             return Image.fromarray(best.crop), tuple(int(v) for v in best.box)
     return None
 
 
-def _encode_image_file(model, path: Path, face: bool = False, detector: str = "auto"):
+def _encode_image_file(model, path: Path, face: bool = False, detector: str = "auto",
+                       min_confidence: float | None = None):
     """(unit embedding (1, D), the face box searched or None) of a query image; ``face``: its largest
     face (the whole image, with a warning, when none is found)."""
     from clefctl.data.images import read_rgb
@@ -240,7 +242,7 @@ def _encode_image_file(model, path: Path, face: bool = False, detector: str = "a
         raise ClefError(f"cannot read the query image ({exc})", path=path) from None
     box = None
     if face:
-        found = _query_face(model, path, detector)
+        found = _query_face(model, path, detector, min_confidence)
         if found is None:
             warnings.warn(f"no face found in the query image {path}: the whole image is searched", stacklevel=3)
         else:
