@@ -33,3 +33,9 @@ class Interrupted(ClefError):
     """
 
     exit_code = 130
+
+
+class DiskFull(ClefError):
+    """A write that ran out of space (``ENOSPC``, a quota, or a native library's own error for it),
+    naming the file; raised by :func:`clefctl.paths.writing`. A caller that knows better what to do
+    afterwards (``finetune``: ``--resume``) re-raises it with its own hint."""

@@ -81,15 +81,11 @@ def is_disk_full(exc: BaseException, folder: str | os.PathLike | None = None) ->
 
 def disk_full_error(exc: BaseException, target: str | os.PathLike, again: str | None = None):
     """The :class:`~clefctl.errors.ClefError` for a write of ``target`` that ran out of space (what to
-    do: ``again``, default "run the same command again")."""
-    from clefctl.errors import ClefError
+    do: ``again``, default "run the same command again"); ``exc`` stays its cause (``--debug``)."""
+    from clefctl.errors import DiskFull
 
-    return ClefError(f"the disk is full: writing this file failed ({_first_line(exc)})", path=target,
-                     hint=f"free some space, then {again or 'run the same command again'}")
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    return DiskFull("the disk is full: writing it failed", path=target,
+                    hint=f"free some space, then {again or 'run the same command again'}")
 
 
 @contextlib.contextmanager

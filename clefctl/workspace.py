@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import shlex
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -95,7 +97,30 @@ class Run:
         now = time.time()
         doc.setdefault("started", now)
         doc.update(info, state=state, updated=now)
-        paths.write_json_atomic(self.status_path, doc)
+        try:
+            paths.write_json_atomic(self.status_path, doc)
+        except (ClefError, OSError) as exc:
+            if not self.status_path.is_file() or not paths.is_disk_full(exc, self.path):
+                raise
+            self._rewrite_status(doc)
+
+    def _rewrite_status(self, doc: dict) -> None:
+        """A full disk has no room for a new status file, but the old one's block is the run's: the
+        status is written over it in place (kept within one 4 KiB block: the error is cut first)."""
+        text = json.dumps(doc, default=str)
+        if len(text) > 4000:
+            doc = dict(doc, error=str(doc.get("error"))[:max(0, 3900 - len(text) + len(str(doc.get("error"))))])
+            text = json.dumps(doc, default=str)
+        with open(self.status_path, "r+", encoding="utf-8") as f:
+            f.write(text + "\n")
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+
+    def resume_command(self, flags: str = "") -> str:
+        """The command that continues this run (``flags``: what it needs besides the run and workspace)."""
+        return (f"clefctl {self.stage} --resume {shlex.quote(self.name)} "
+                f"--workspace {shlex.quote(str(self.path.parent.parent))}" + (f" {flags}" if flags else ""))
 
     @contextlib.contextmanager
     def attempt(self, enabled: bool = True):
@@ -111,7 +136,7 @@ class Run:
             raise
         except BaseException as exc:
             if enabled:
-                self.mark("failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+                self.mark("failed", error=f"{type(exc).__name__}: {exc}"[:1000])
             raise
 
     def config(self) -> dict:

@@ -268,3 +268,139 @@ def test_a_stopped_embed_says_what_is_kept_and_how_to_continue(tmp_path, image_f
     assert exc.value.code in (0, None)
     with S.EmbeddingStore.open(out) as st:
         assert st.count == 80 and st.complete
+
+
+# ----------------------------------------------------------------------------------------------
+# a full disk is one line naming the file, wherever it strikes (item 6)
+
+_FAISS_FULL = ("Error in void faiss::write_index(const Index*, IOWriter*, int) at index_write.cpp:499: Error: "
+               "'ret == (size * 4)' failed: write error in x.faiss: 262099 != 512000 (No space left on device)")
+
+
+def _faiss_full(real):
+    def write_index(index, where, *a):
+        if isinstance(where, str):                   # a file (serialize_index writes to memory)
+            raise RuntimeError(_FAISS_FULL)
+        return real(index, where, *a)
+    return write_index
+
+
+def _one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    return lines[0]
+
+
+def test_full_disk_while_embed_saves_the_index_keeps_the_store_and_its_run(tmp_path, capsys, monkeypatch,
+                                                                           image_folder):
+    import faiss
+
+    monkeypatch.setattr(faiss, "write_index", _faiss_full(faiss.write_index))
+    ws = tmp_path / "ws"
+    code, _, err = _run(["embed", "--dataset", "folder", "--dataset-root", image_folder(3), "--weights", "random",
+                         "--arch", "clef-tiny", "--workspace", ws, "--index", "flat", "--workers", "0"], capsys)
+    line = _one_error_line(err)
+    assert code == 2 and "store.h5.faiss: the disk is full" in line and "clefctl index build" in line
+    run = ws / "embed" / (ws / "embed" / "LATEST").read_text().strip()
+    with S.EmbeddingStore.open(run / "store.h5") as st:
+        assert st.complete and st.count == 6
+    assert (run / "config.yaml").is_file() and not list(run.glob(".*.tmp"))
+
+
+def test_full_disk_in_index_build_is_one_line_and_leaves_no_shards(tmp_path, capsys, monkeypatch):
+    import faiss
+
+    from clefctl.store.index import build as B
+
+    path = small_store(tmp_path / "s.h5", rows=3000, dim=128, fp=TINY)
+    args = ["index", "build", "--store", path, "--kind", "ivf-ondisk", "--nlist", "16", "--nprobe", "4"]
+    real = faiss.write_index
+    monkeypatch.setattr(faiss, "write_index", _faiss_full(real))     # the shards' writes
+    code, _, err = _run(args, capsys)
+    assert code == 2 and "s.h5.faiss.ivfdata: the disk is full" in _one_error_line(err)
+    assert not list(tmp_path.glob(".faiss-shards-*"))
+    monkeypatch.setattr(faiss, "write_index", real)
+    monkeypatch.setattr(B, "free_bytes", lambda folder: 1000)        # the merge writes through a memory map
+    code, _, err = _run(args, capsys)
+    line = _one_error_line(err)
+    assert code == 2 and "s.h5.faiss.ivfdata: the disk is full" in line and "is free" in line
+    assert not list(tmp_path.glob(".faiss-shards-*")) and not B.ondisk_path(path).exists()
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    """A finished two-step fine-tuning run of clef-tiny on the synthetic expressions."""
+    from clefctl.cli import main
+
+    ws = tmp_path_factory.mktemp("ft") / "ws"
+    with pytest.raises(SystemExit) as exc:
+        main(["finetune", "--dataset", "synthetic-fer", "--weights", "random", "--arch", "clef-tiny",
+              "--max-steps", "2", "--workspace", str(ws)])
+    assert exc.value.code in (0, None)
+    return ws
+
+
+def test_full_disk_in_export_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, finetuned):
+    import safetensors.torch
+
+    class SafetensorError(Exception):
+        pass
+
+    def full(*_a, **_k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    out = tmp_path / "exp"
+    code, _, err = _run(["export", "--workspace", finetuned, "--out", out], capsys)
+    assert code == 2 and f"{out}: the disk is full" in _one_error_line(err)
+    assert not out.exists() and not list(tmp_path.glob(".exp.*"))
+
+
+def _tmpfs(folder, size: str) -> bool:
+    import shutil
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("CLEF_TEST_NO_MOUNT") or shutil.which("mount") is None:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True).returncode == 0
+
+
+def test_full_disk_in_finetune_marks_the_run_failed_and_says_resume(tmp_path, capsys, monkeypatch):
+    """On a real 20 MB tmpfs where the machine allows a mount (the checkpoint does not fit), else with the
+    checkpoint's write failing as torch's does on a full disk (no errno) and no space left."""
+    import json
+    import subprocess
+
+    import torch
+
+    disk = tmp_path / "small"
+    mounted = _tmpfs(disk, "20m")
+    try:
+        if not mounted:
+            from clefctl import paths
+
+            monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(
+                RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")))
+            monkeypatch.setattr(paths, "free_bytes", lambda folder: 0)
+        ws = disk / "ws"
+        args = ["finetune", "--dataset", "synthetic-fer", "--weights", "random", "--arch", "clef-tiny",
+                "--max-steps", "2", "--workspace", ws]
+        code, _, err = _run(args, capsys)
+        line = _one_error_line(err)
+        run = next((ws / "finetune").iterdir())
+        assert code == 2 and "the disk is full" in line and "last.pt" in line, line
+        assert f"--resume {run.name}" in line and "run the same command again" not in line
+        status = json.loads((run / "status.json").read_text())
+        assert status["state"] == "failed"                                   # the old code: "running"
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,size=200m", str(disk)], check=True)
+        else:
+            monkeypatch.undo()
+        code, _, err = _run(["finetune", "--resume", run.name, "--workspace", ws], capsys)
+        assert code == 0, err
+        assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)

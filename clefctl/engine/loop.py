@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shlex
 import signal
 import time
 import warnings
@@ -440,9 +439,7 @@ class Trainer:
     def _interrupted(self, st: _LoopState) -> None:
         """After SIGINT/SIGTERM, once the state is saved: raise Interrupted with the way to continue."""
         name = signal.Signals(self._stop_signal).name
-        root = self.run.path.parent.parent
-        command = (f"clefctl {self.run.stage} --resume {shlex.quote(self.run.name)} "
-                   f"--workspace {shlex.quote(str(root))}" + (f" {self.resume_flags}" if self.resume_flags else ""))
+        command = self.run.resume_command(self.resume_flags)
         raise Interrupted(f"{name}: training stopped at step {st.global_step}; checkpoint saved at "
                           f"{self.last_path}; continue with: {command}")
 

@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +32,9 @@ from torch.utils.data import Dataset
 
 from clefctl import distributed as dist
 from clefctl.engine.loop import Task, Trainer
+from clefctl.errors import DiskFull
 from clefctl.model import ClefModel
+from clefctl.paths import is_disk_full
 from clefctl.workspace import Run, Workspace, options_from_run, options_to_config
 
 
@@ -76,7 +79,7 @@ def run_stage(stage: Stage, opts) -> Run:
     if dist.is_main():
         _save_run_files(run, resumed is not None, stage.name, plan)
     meta = dict(plan.meta, run=run.name)
-    with run.attempt(dist.is_main()):
+    with run.attempt(dist.is_main()), _resume_when_disk_full(run, _resume_flags(plan.opts)):
         trainer = Trainer(plan.model, plan.task, plan.opts.train, run, meta, resume_flags=_resume_flags(plan.opts))
         resume_from = trainer.last_path if resumed is not None and trainer.last_path.is_file() else None
         result = trainer.fit(plan.dataset, resume_from=resume_from)
@@ -88,6 +91,22 @@ def run_stage(stage: Stage, opts) -> Run:
             ws.set_latest(run)
     dist.barrier()
     return run
+
+
+@contextlib.contextmanager
+def _resume_when_disk_full(run: Run, flags: str):
+    """A full disk during the run (the run is marked failed by then, its last checkpoint kept): one
+    line naming the file, and the command that continues the run (``--resume``; running the same
+    command again would start a new run)."""
+    try:
+        yield
+    except (DiskFull, OSError) as exc:
+        if isinstance(exc, OSError) and not is_disk_full(exc):
+            raise
+        path = exc.path if isinstance(exc, DiskFull) else (exc.filename or run.path)
+        raise DiskFull(f"the disk is full: writing it failed; run {run.name} is marked failed, what it "
+                       "saved before is kept", path=path,
+                       hint=f"free some space, then continue the run with: {run.resume_command(flags)}") from exc
 
 
 def _open_run(ws: Workspace, stage: str, label: str, resumed: Run | None) -> Run:

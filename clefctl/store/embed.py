@@ -33,7 +33,7 @@ import numpy as np
 
 from clefctl.errors import ClefError
 from clefctl.store.format import STORE_SUFFIX, EmbeddingStore, store_filename
-from clefctl.store.jobs import finish, stopping
+from clefctl.store.jobs import finish, index_step, stopping
 from clefctl.store.merge import merge_parts
 
 if TYPE_CHECKING:
@@ -526,8 +526,9 @@ def run_embed(opts: EmbedOptions) -> EmbedResult:
                                   num_workers=opts.workers, overwrite=opts.overwrite, model_ref=model_record(choice, model))
     summary, run, main = report.to_dict(), None, distributed.is_main()
     if main:
-        if opts.index != "none" and report.rows:  # tuned on the data set's prompt texts, encoded by this model
-            summary["index"] = index_after_embed(store_path, opts.index, model, bundle.prompts, progress=opts.progress)
+        failed = index_step(summary, lambda: index_after_embed(store_path, opts.index, model, bundle.prompts,
+                                                               progress=opts.progress)) \
+            if opts.index != "none" and report.rows else None  # tuned on the prompt texts, encoded by this model
         if opts.out is None:
             run = Run(run_dir, "embed")
             run.save_config({"dataset": dataset, "dataset_root": dataset_root, "data_root": data_root,
@@ -537,5 +538,7 @@ def run_embed(opts: EmbedOptions) -> EmbedResult:
                              "chunk_size": opts.chunk_size, "crop_cache": crops.describe() if crops else None})
             write_json_atomic(run_dir / "report.json", summary)
             ws.set_latest(run)
+        if failed is not None:
+            raise failed
     distributed.cleanup()
     return EmbedResult(run, store_path, report, summary, main)

@@ -3,6 +3,8 @@
 * :func:`stopping`: SIGTERM stops ``embed`` as Ctrl-C (SIGINT) does. Either way the job ends with one
   line, saying which signal stopped it, that the rows committed so far are kept and how to continue
   (run the same command again: it resumes after the last committed chunk), and exit code 130.
+* :func:`index_step`: the index built at the end; when that fails (a full disk) the store and its run
+  files are kept and the error comes last.
 * :func:`finish`: a job that consumed all its inputs marks its store complete, unless it could read
   none of them: then it is an error (one line), the store is not marked complete, and a store left
   with no rows is removed (it held nothing but the list of unreadable inputs; a rerun retries them).
@@ -71,4 +73,14 @@ def finish(store, check: bool = True) -> None:
     store.mark_complete()
 
 
-__all__ = ["stopping", "finish"]
+def index_step(summary: dict, build) -> ClefError | None:
+    """``embed``'s last step: ``summary["index"] = build()``. Its error (a full disk while saving the
+    index) is returned, to be raised once the run's files are written: the store is complete."""
+    try:
+        summary["index"] = build()
+    except ClefError as exc:
+        return exc
+    return None
+
+
+__all__ = ["stopping", "finish", "index_step"]

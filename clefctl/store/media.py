@@ -29,7 +29,7 @@ import numpy as np
 from clefctl.errors import ClefError
 from clefctl.store.embed import STORE_NAME, EmbedReport, EmbedResult, _check_compatible, embed_run_dir
 from clefctl.store.format import EmbeddingStore
-from clefctl.store.jobs import finish, stopping
+from clefctl.store.jobs import finish, index_step, stopping
 from clefctl.store.layout import MEDIA_PREFIX
 from clefctl.store.layout import STRING_COLUMNS, Columns, normalise
 
@@ -222,9 +222,9 @@ def run_embed_media(opts) -> EmbedResult:
                                                 progress=opts.progress, overwrite=opts.overwrite, image_set=image_set,
                                                 faces=faces, model_ref=model_record(choice, model))
     summary, run = {**report.to_dict(), **counts}, None
-    if opts.index != "none" and report.rows:  # tuned on text queries, as a data set's store is (issue 16)
-        summary["index"] = index_after_embed(store_path, opts.index, model, media_prompts(model),
-                                             progress=opts.progress)
+    failed = index_step(summary, lambda: index_after_embed(store_path, opts.index, model, media_prompts(model),
+                                                           progress=opts.progress)) \
+        if opts.index != "none" and report.rows else None     # tuned on text queries, as a data set's store is
     if opts.out is None:
         run = Run(run_dir, "embed")
         run.save_config({"inputs": files, "every": opts.every, "max_frames": opts.max_frames, "image_set": image_set,
@@ -234,4 +234,6 @@ def run_embed_media(opts) -> EmbedResult:
                          "chunk_size": opts.chunk_size})
         write_json_atomic(run_dir / "report.json", summary)
         ws.set_latest(run)
+    if failed is not None:
+        raise failed
     return EmbedResult(run, store_path, report, summary, True)

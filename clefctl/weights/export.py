@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from clefctl import __version__
 from clefctl.errors import ClefError
+from clefctl.paths import umask, writing
 from clefctl.weights import hub
 from clefctl.workspace import Run, Workspace
 
@@ -72,7 +74,11 @@ def export_model(ref: str | None, out: str | Path, *, workspace: str | None = No
     evaluation = _evaluation(ws, run) if run else None
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        files = _write_folder(tmp, model, meta, cfg, run, evaluation, Path(choice.weights))
+        os.chmod(tmp, 0o777 & ~umask())         # a folder like any other (mkdtemp makes it 0700)
+        with writing(out):                      # a full disk: one line naming the folder
+            files = _write_folder(tmp, model, meta, cfg, run, evaluation, Path(choice.weights))
+        for f in tmp.iterdir():                 # safetensors writes 0600
+            os.chmod(f, 0o666 & ~umask())
         _move_into_place(tmp, out)
     finally:
         if tmp.exists():

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from clefctl.errors import ClefError
-from clefctl.paths import atomic_path, write_json_atomic, writing
+from clefctl.paths import atomic_path, free_bytes, write_json_atomic, writing
 from clefctl.store._hdf5 import now
 from clefctl.store.format import EmbeddingStore
 from clefctl.store.index import clustering, gpu as gpu_mod
@@ -317,10 +317,14 @@ def _add_ondisk(st: EmbeddingStore, plan: BuildPlan, index, assign, tuner: Tuner
             shard = faiss.deserialize_index(empty)
             _add_rows(shard, plan.kind, _blocks(st, s, s + SHARD_ROWS), assign, tuner, bar)
             shards.append(str(tmpdir / f"shard-{len(shards)}.faiss"))
-            with writing(shards[-1], again):
+            with writing(ondisk_path(st.path), again):     # the file the shards become
                 faiss.write_index(shard, shards[-1])
             del shard
         lists = tmpdir / ondisk_path(st.path).name
+        need, free = plan.rows * (ivf_of(index).code_size + 8) + (1 << 20), free_bytes(tmpdir)
+        if free is not None and free < need:     # FAISS writes the lists through a memory map: a bus error
+            raise ClefError(f"the disk is full: the index's lists need {_size(need)}, {_size(free)} is free",
+                            path=ondisk_path(st.path), hint=f"free some space, then {again}")
         with writing(lists, again):
             merge_ondisk(index, shards, str(lists))
     except BaseException:
