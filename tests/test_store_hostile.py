@@ -404,3 +404,48 @@ def test_full_disk_in_finetune_marks_the_run_failed_and_says_resume(tmp_path, ca
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# embed PATH... commits at multiples of --chunk-size, also inside a frame (item 13)
+
+
+def test_media_chunks_are_exact_and_a_resume_inside_a_frame_matches(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import clefctl.data.faces as pipeline
+    from clefctl.data.faces.scenes import group_photo, write_scene_video
+    from clefctl.model import create
+    from clefctl.store.media import embed_media_into_store
+
+    write_scene_video(tmp_path / "talk.avi", frames=20, width=480, height=270, face=96, people=3, seed=4)
+    Image.fromarray(group_photo(3, width=480, height=240, face=110, seed=5)[0]).save(tmp_path / "group.png")
+    inputs, model = [tmp_path / "group.png", tmp_path / "talk.avi"], create("clef-tiny")
+    commits, real_append = [], S.EmbeddingStore.append_columns
+
+    def recording(self, cols, skipped_ids=()):
+        out = real_append(self, cols, skipped_ids)
+        commits.append(self.count)
+        return out
+
+    monkeypatch.setattr(S.EmbeddingStore, "append_columns", recording)
+    whole, _ = embed_media_into_store(model, inputs, tmp_path / "whole.h5", chunk_size=8, progress=False)
+    assert whole.rows > 16 and all(c % 8 == 0 for c in commits[:-1]), commits   # the old code: 9, 18, 27, ...
+    real = pipeline.iter_faces
+
+    def dies_after_6_frames(*args, **kwargs):
+        for i, ff in enumerate(real(*args, **kwargs)):
+            if i == 6:                        # 3 + 5 x 3 = 18 faces seen: 16 committed, inside a frame
+                raise KeyboardInterrupt
+            yield ff
+
+    monkeypatch.setattr(pipeline, "iter_faces", dies_after_6_frames)
+    with pytest.raises(KeyboardInterrupt):
+        embed_media_into_store(model, inputs, tmp_path / "part.h5", chunk_size=8, progress=False)
+    with S.EmbeddingStore.open(tmp_path / "part.h5") as st:
+        assert st.count == 16
+    monkeypatch.setattr(pipeline, "iter_faces", real)
+    again, _ = embed_media_into_store(model, inputs, tmp_path / "part.h5", chunk_size=8, progress=False)
+    assert again.resumed_from == 16 and again.rows == whole.rows
+    with S.EmbeddingStore.open(tmp_path / "whole.h5") as a, S.EmbeddingStore.open(tmp_path / "part.h5") as b:
+        assert a.ids == b.ids and np.allclose(a.embeddings(), b.embeddings(), atol=2e-3)

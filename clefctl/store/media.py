@@ -3,10 +3,10 @@ sampled frame, from the face pipeline :func:`clefctl.data.faces.iter_faces` (the
 uses), with ``path`` (the source file), ``frame`` (1-based; 1 for a photo), ``timestamp``
 (seconds; 0 for a photo), ``face_id`` (stable within a source) and the face ``box``.
 
-Resuming: rows are committed in chunks of ``chunk_size`` faces, always after a whole frame. A
-rerun of the same inputs opens the same store and continues with the source of the last
+Resuming: rows are committed in chunks of exactly ``chunk_size`` faces (a chunk may end inside a
+frame). A rerun of the same inputs opens the same store and continues with the source of the last
 committed row, replaying it from its start (face ids depend on the whole video) and writing only
-the frames after the last committed one. Unreadable sources are skipped and their paths kept as
+the faces after the last committed one (the rest of its frame, then the frames after it). Unreadable sources are skipped and their paths kept as
 the store's skipped ids. Runs in one process (under torchrun, launch one process).
 
 Example::
@@ -53,21 +53,23 @@ def _names(files) -> dict[str, str]:
     return {a: os.path.relpath(a, root) for a in absolute}
 
 
-def _resume_point(store: EmbeddingStore, files: list[str]) -> tuple[int, int]:
-    """(index of the first source to process, last committed frame of that source or 0)."""
+def _resume_point(store: EmbeddingStore, files: list[str]) -> tuple[int, int, set]:
+    """(index of the first source to process, last committed frame of that source or 0, the face ids
+    of that frame already committed: a chunk may end inside a frame)."""
     if store.count == 0:
         done = set(store.skipped_ids)
         k = 0
         while k < len(files) and files[k] in done:
             k += 1
-        return k, 0
-    last = store.metadata([store.count - 1]).iloc[0]
-    source, frame = str(last["path"]), int(last["frame"])
+        return k, 0, set()
+    tail = store.metadata(range(max(0, store.count - 256), store.count))
+    source, frame = str(tail["path"].iloc[-1]), int(tail["frame"].iloc[-1])
     if source not in files:
         raise ClefError("the store holds faces of a file that is not among the inputs given (resuming needs "
                         "the same inputs in the same order)", path=store.path,
                         hint="give the same inputs, another --out, or --overwrite")
-    return files.index(source), frame
+    same = tail[(tail["path"] == source) & (tail["frame"] == frame)]
+    return files.index(source), frame, {int(v) for v in same["face_id"]}
 
 
 def _open(model, store_path: Path, image_set: str, dtype: str, overwrite: bool, meta: dict,
@@ -96,21 +98,21 @@ class _Rows:
         self.frames, self.stamps, self.face_ids, self.boxes, self.skipped = [], [], [], [], []
         self.landmarks = []
 
-    def add(self, ff) -> None:
+    def add(self, ff, f) -> None:
+        """Face ``f`` of frame ``ff``."""
         src = os.path.abspath(ff.source)
         name = self.names.get(src, os.path.basename(src))
-        for f in ff.faces:
-            self.emb.append(f.features[0])
-            self.ids.append(f"{name}@{ff.frame}#{f.face_id}" if ff.video else f"{name}#{f.face_id}")
-            self.paths.append(src)
-            self.subjects.append(f"{name}#{f.face_id}")
-            self.frames.append(ff.frame)
-            self.stamps.append(ff.timestamp)
-            self.face_ids.append(f.face_id)
-            self.boxes.append(f.box)
-            lm = f.landmarks
-            self.landmarks.append(np.full(10, np.nan, np.float32) if lm is None else
-                                  np.concatenate([lm[:, 0], lm[:, 1]]).astype(np.float32))
+        self.emb.append(f.features[0])
+        self.ids.append(f"{name}@{ff.frame}#{f.face_id}" if ff.video else f"{name}#{f.face_id}")
+        self.paths.append(src)
+        self.subjects.append(f"{name}#{f.face_id}")
+        self.frames.append(ff.frame)
+        self.stamps.append(ff.timestamp)
+        self.face_ids.append(f.face_id)
+        self.boxes.append(f.box)
+        lm = f.landmarks
+        self.landmarks.append(np.full(10, np.nan, np.float32) if lm is None else
+                              np.concatenate([lm[:, 0], lm[:, 1]]).astype(np.float32))
 
     def columns(self, dim: int) -> Columns:
         k = len(self.ids)
@@ -151,7 +153,7 @@ def embed_media_into_store(model, inputs, store_path: str | os.PathLike, *, ever
     stats = PipelineStats()
     resumed_from, rows, skipped_before = store.count, _Rows(_names(files)), set(store.skipped_ids)
     try:
-        start, last_frame = (len(files), 0) if store.complete else _resume_point(store, files)
+        start, last_frame, done = (len(files), 0, set()) if store.complete else _resume_point(store, files)
         todo = files[start:]
         total = sum(video_frame_estimate(p, every, max_frames) if is_video(p) else 1 for p in todo) if progress else 0
         with progress_bar(f"embed {store_path.name}", total=total or None, enabled=progress and bool(todo)) as bar:
@@ -163,11 +165,15 @@ def embed_media_into_store(model, inputs, store_path: str | os.PathLike, *, ever
                     if ff.unreadable:
                         if os.path.abspath(ff.source) not in skipped_before:
                             rows.skipped.append(os.path.abspath(ff.source))
-                    elif not (os.path.abspath(ff.source) == files[start] and ff.frame <= last_frame):
-                        rows.add(ff)
-                    if len(rows.ids) >= chunk_size:
-                        store.append_columns(rows.columns(store.dim), rows.skipped)
-                        rows.clear()
+                        continue
+                    again = os.path.abspath(ff.source) == files[start] and ff.frame <= last_frame
+                    for f in ff.faces:               # a chunk is exactly chunk_size faces, also inside a frame
+                        if again and (ff.frame < last_frame or f.face_id in done):
+                            continue                 # committed before (resuming)
+                        rows.add(ff, f)
+                        if len(rows.ids) == chunk_size:
+                            store.append_columns(rows.columns(store.dim), rows.skipped)
+                            rows.clear()
             store.append_columns(rows.columns(store.dim), rows.skipped)
         finish(store)                   # nothing readable: an error, and no store
         seconds = time.perf_counter() - t0
