@@ -13,12 +13,13 @@ the issue's. Needs YuNet's file (``clefctl weights get yunet``); it never downlo
   ``--backgrounds`` synthetic 640x360 backgrounds and on real face-free photos from scikit-image
   (brick, grass, gravel, coffee, rocket, chelsea (a cat), moon, horse, text, clock,
   hubble_deep_field, immunohistochemistry, colorwheel, retina, cell, logo, page): each whole image
-  plus ``--views`` random 640x360 windows of it at random scales.
+  plus ``--views`` random 640x360 windows of it at random scales; and the 100 non-face 25x25 patches
+  of ``lfw_subset`` (backgrounds of LFW photos), upscaled to 120 px on synthetic backgrounds.
 * **Real faces**: scikit-image's astronaut (Eileen Collins) and camera (the cameraman), whole, and
-  ``--lfw`` faces of ``lfw_subset`` (25x25 grey crops) upscaled to 120 px on synthetic backgrounds:
-  recall per setting. ``--transform-faces`` of them (and the two photos) are also darkened and
-  lightened (a gain so the face's mean luminance sits at each band's centre): a TRANSFORM of real
-  faces, not real skin tones, reported as such.
+  ``--lfw`` of the 100 faces of ``lfw_subset`` (25x25 grey crops; its other 100 images are
+  non-faces) upscaled to 120 px on synthetic backgrounds: recall per setting. ``--transform-faces``
+  of them (and the two photos) are also darkened and lightened (a gain so the face's mean luminance
+  sits at each band's centre): a TRANSFORM of real faces, not real skin tones, reported as such.
 * **Alignment**: astronaut, camera and ``--align-lfw`` LFW faces (upscaled to 160 px) rotated by
   +-10 and +-20 degrees; the truth is the unrotated face's YuNet landmarks carried through the
   rotation (as ``tests/test_yunet.py::test_a_rotated_face_gives_a_level_crop``). For YuNet: the eye
@@ -26,7 +27,7 @@ the issue's. Needs YuNet's file (``clefctl weights get yunet``); it never downlo
   true eye angle less the eye cascade's levelling angle (``FaceCropper(detector="haar")``; an
   unlevelled crop keeps the whole tilt). Target: mean <= 5 degrees from level.
 
-    python benchmarks/detect_skin.py                 # 150 faces, 300 backgrounds, 200 LFW faces
+    python benchmarks/detect_skin.py                 # 150 faces, 300 backgrounds, 100 LFW faces
     python benchmarks/detect_skin.py --faces 60 --backgrounds 100 --lfw 60 --json
 """
 
@@ -80,7 +81,8 @@ def found(dets, box) -> bool:
 
 
 def face_free_images(n_synth: int, views: int) -> tuple[list, list]:
-    """(synthetic backgrounds, real face-free images with their names)."""
+    """(synthetic backgrounds, real face-free images with their names: scikit-image's photos and
+    windows of them, LFW's non-face patches)."""
     import cv2
     from skimage import data
 
@@ -98,11 +100,16 @@ def face_free_images(n_synth: int, views: int) -> tuple[list, list]:
                              interpolation=cv2.INTER_CUBIC)
             x, y = int(rng.integers(0, big.shape[1] - 639)), int(rng.integers(0, big.shape[0] - 359))
             real.append((f"{name}/{v}", np.ascontiguousarray(big[y:y + 360, x:x + 640])))
+    real += [(f"lfw-nonface/{k}", rgb) for k, (_, rgb, _) in enumerate(lfw_photos(100, first=LFW_FACES))]
     return synth, real
 
 
-def lfw_photos(n: int, face: int = 120, width: int = 360, height: int = 300) -> list:
-    """``n`` LFW faces (grey 25x25) upscaled to ``face`` px, each centred on its own background."""
+LFW_FACES = 100      # lfw_subset: the first 100 of its 200 images are faces, the rest non-faces
+
+
+def lfw_photos(n: int, face: int = 120, width: int = 360, height: int = 300, first: int = 0) -> list:
+    """``n`` LFW images from ``first`` (grey 25x25; faces below :data:`LFW_FACES`) upscaled to
+    ``face`` px, each centred on its own background."""
     import cv2
     from skimage import data
 
@@ -111,9 +118,9 @@ def lfw_photos(n: int, face: int = 120, width: int = 360, height: int = 300) -> 
     lfw = data.lfw_subset()
     out = []
     x, y = (width - face) // 2, (height - face) // 2
-    for k in range(min(n, len(lfw))):
+    for k in range(first, min(first + n, len(lfw) if first else LFW_FACES)):
         f = cv2.resize((lfw[k] * 255).astype(np.uint8), (face, face), interpolation=cv2.INTER_CUBIC)
-        canvas = background(width, height, 500 + k)
+        canvas = background(width, height, 500 + k % LFW_FACES)
         canvas[y:y + face, x:x + face] = f[..., None]
         out.append((f"lfw/{k}", canvas, (x, y, face, face)))
     return out
@@ -166,7 +173,7 @@ def alignment(yunet, lfw: int) -> dict:
 
     faces = [(n, rgb_of(getattr(data, n)())) for n in ("astronaut", "camera")]
     pics = data.lfw_subset()
-    for k in range(min(lfw, len(pics))):
+    for k in range(min(lfw, LFW_FACES)):
         canvas = background(400, 400, 900 + k)
         canvas[120:280, 120:280] = cv2.resize((pics[k] * 255).astype(np.uint8), (160, 160),
                                               interpolation=cv2.INTER_CUBIC)[..., None]
@@ -227,7 +234,8 @@ def main(argv=None) -> int:
     ap.add_argument("--faces", type=int, default=150, help="synthetic faces (skin bands)")
     ap.add_argument("--backgrounds", type=int, default=300, help="synthetic face-free 640x360 backgrounds")
     ap.add_argument("--views", type=int, default=5, help="random 640x360 windows of each real face-free image")
-    ap.add_argument("--lfw", type=int, default=200, help="LFW faces (upscaled) for real-face recall")
+    ap.add_argument("--lfw", type=int, default=LFW_FACES, help="LFW faces (upscaled) for real-face recall "
+                    f"(at most {LFW_FACES})")
     ap.add_argument("--transform-faces", type=int, default=40,
                     help="LFW faces darkened/lightened into each band (a transform; 0: skip)")
     ap.add_argument("--align-lfw", type=int, default=20, help="LFW faces in the rotation study")
@@ -263,9 +271,9 @@ def main(argv=None) -> int:
                 n_fp = sum(fs) + row["fp_real"][0]
                 row["fp_share"] = n_fp / max(1, len(fs) + len(fr))
                 rr = {n: found(det.detect(rgb), box) for n, rgb, box in real}
+                lf = [v for n, v in rr.items() if n.startswith("lfw/")]
                 row["real"] = {"astronaut": rr.get("astronaut"), "camera": rr.get("camera"),
-                               "lfw": (float(np.mean([v for n, v in rr.items() if n.startswith("lfw/")]))
-                                       if args.lfw else None, args.lfw)}
+                               "lfw": (float(np.mean(lf)) if lf else None, len(lf))}
                 if moved:
                     tb = {}
                     for band, name, rgb, box in moved:
@@ -285,7 +293,7 @@ def main(argv=None) -> int:
           f"YuNet {yunet.describe()}")
     print(f"{args.faces} synthetic faces (one per 360x300 photo); face-free: {args.backgrounds} synthetic 640x360 "
           f"backgrounds + {len(real_free)} real scikit-image images ({len(FACE_FREE)} whole + {args.views} "
-          "windows each)")
+          f"windows each + {len(real_free) - len(FACE_FREE) * (1 + args.views)} LFW non-face patches)")
     print("recall by skin luminance (faces in the band), target >= 0.95 in every band:")
     print(f"  {'setting':<7} {'detector':<9}{'dark':<9}" + "".join(f"{f'{lo}-{hi}':<11}" for lo, hi in BANDS)
           + "all   ms/img  verdict")
