@@ -24,24 +24,42 @@ from clefctl.predict.timeline import Timeline
 class PredictOptions:
     """Everything ``clefctl predict`` takes (the same defaults)."""
 
-    inputs: list[str] = field(default_factory=list)   # images, videos, folders, globs
-    out: str = "predictions.csv"
-    au_checkpoint: str | None = None      # fine-tuned AU model (default: the newest AU run)
-    fer_checkpoint: str | None = None     # fine-tuned expression model (default: the newest FER run)
-    weights: str | None = None            # zero-shot: any weights create() accepts (with prompts)
-    arch: str | None = None
-    prompts: tuple[str, ...] = ()         # zero-shot prompt sets (at most one per task)
-    prompt_mode: str = "names"            # names | descriptions | ensemble
+    inputs: list[str] = field(default_factory=list)   # images, videos, folders, globs (the arguments)
+    out: str = field(default="predictions.csv", metadata={
+        "help": "CSV to write: one row per face per image or sampled frame (docs/predict.md).",
+        "path": {"dir_okay": False}})
+    au_checkpoint: str | None = field(default=None, metadata={
+        "help": "Fine-tuned AU model: a model.pt, run, exported folder or hf-hub:ORG/NAME (default: newest AU run)."})
+    fer_checkpoint: str | None = field(default=None, metadata={
+        "help": "Fine-tuned expression model: a model.pt, run, exported folder or hf-hub:ORG/NAME "
+                "(default: newest FER run)."})
+    weights: str | None = field(default=None, metadata={
+        "help": "A fine-tuned model (run, model.pt, exported folder, hf-hub:ORG/NAME) scores with its own "
+                "head and classes; any other weights (registry name such as farl-ep64, file, open_clip tag, "
+                "'random') score zero-shot and need --prompts."})
+    arch: str | None = field(default=None, metadata={
+        "help": "Zero-shot: architecture of --weights (default ViT-B-16; clef-tiny for --weights random)."})
+    prompts: tuple[str, ...] = field(default=(), metadata={
+        "help": "Zero-shot: prompt set name or YAML; its task (au or fer) decides the columns. Repeat for both."})
+    prompt_mode: str = field(default="names", metadata={
+        "help": "Zero-shot class vectors: label names, descriptions or the template ensemble.",
+        "choices": ("names", "descriptions", "ensemble")})
     workspace: str | None = None
-    every: int = 1
-    max_frames: int | None = None
-    batch_size: int = 64                  # face crops per model call, across frames
-    smooth: float = 0.0                   # seconds of the centred moving average along each track
+    every: int = field(default=1, metadata={"help": "Video: keep every N-th frame.", "min": 1})
+    max_frames: int | None = field(default=None, metadata={"help": "Video: at most this many frames.", "min": 1})
+    batch_size: int = field(default=64, metadata={
+        "help": "Face crops per model call, gathered across frames (larger on a GPU).", "min": 1})
+    smooth: float = field(default=0.0, metadata={
+        "help": "Seconds of a centred moving average of the probabilities along each face track (0 = off).",
+        "min": 0, "max": 3600})
     device: str = "auto"
-    dtype: str = "auto"                   # inference dtype: auto (bf16 copy / fp16 on CUDA) or float32 ...
-    timeline: bool = True
-    progress: bool = True
+    dtype: str = field(default="auto", metadata={
+        "help": "Inference precision (auto: the bf16 copy on CPUs with native bf16, fp16 on CUDA).",
+        "choices": ("auto", "float32", "bfloat16", "float16")})
+    timeline: bool = field(default=True, metadata={
+        "help": "Do not draw the AU timeline PNG of each video.", "negate": True})
     trust_checkpoint: bool = False
+    progress: bool = True
     detector: str = "auto"                # auto | yunet | haar (clefctl.data.faces.choice)
     min_confidence: float | None = None   # the detector's score threshold (None: the detector's default)
 
