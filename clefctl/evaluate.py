@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +30,61 @@ IGNORED_TRAIN_KEYS = ("progress",)
 
 
 @dataclass
+class EvaluateOptions:
+    """Everything ``clefctl evaluate`` takes: the k-fold protocol (default), one ``checkpoint``, or the
+    Table 6 ``ablation`` (:func:`run_evaluate`)."""
+
+    k: int | None = field(default=None, metadata={
+        "flag": "--folds", "help": "Subject-exclusive folds (default: the data set's canonical count, else 3)."})
+    config: str | None = field(default=None, metadata={
+        "help": "Fine-tuning run whose settings to use (default: the latest)."})
+    dataset: str | None = field(default=None, metadata={"help": "Evaluate on this data set instead of the run's."})
+    checkpoint: str | None = field(default=None, metadata={
+        "help": "Evaluate one fine-tuned model.pt (or a folder from clefctl export) instead of running the folds.",
+        "path": {}})
+    split: str = field(default="test", metadata={
+        "help": "With --checkpoint: the split to score.", "choices": ("test", "train", "val", "all")})
+    tune_thresholds: bool = field(default=False, metadata={
+        "help": "Also report per-AU thresholds tuned on each TRAINING fold (labelled row)."})
+    ablation: bool = field(default=False, metadata={
+        "help": "Run the Table 6 grid (PA, PI, I, N, D) on synthetic-au/-fer."})
+    epochs: float | None = field(default=None, metadata={
+        "help": "Ablation: epochs per run (default: the stages').", "min": 0, "min_open": True})
+    trust_checkpoint: bool = False       # --checkpoint only
+    data_root: str | None = None
+    dataset_root: str | None = None
+    crop_cache: bool = True
+    device: str | None = None
+    workspace: str | None = None
+    progress: bool = True
+
+
+@dataclass
 class EvalResult:
     run: Run | None  # None on the ranks other than 0 under torchrun (rank 0 writes the report)
     result: dict
     files: dict
+    ablation: list[dict] | None = None  # the Table 6 rows (rank 0 only)
+
+    @property
+    def main(self) -> bool:
+        """This process reports (rank 0 under torchrun)."""
+        return self.run is not None or self.ablation is not None
+
+
+def run_evaluate(opts: EvaluateOptions) -> EvalResult:
+    """``clefctl evaluate``: the Table 6 grid (``ablation``, its rows in ``.ablation``), one checkpoint
+    on a split, or the k-fold protocol of a fine-tuning run's settings."""
+    if opts.ablation:
+        rows = run_ablation(workspace=opts.workspace, progress=opts.progress,
+                            train_overrides={"epochs": opts.epochs} if opts.epochs else None)
+        return EvalResult(run=None, result={}, files={}, ablation=rows if is_main() else None)
+    if opts.checkpoint:
+        return evaluate_checkpoint(opts.checkpoint, opts.dataset, opts.split, opts.workspace, opts.data_root,
+                                   opts.dataset_root, opts.device, trust_checkpoint=opts.trust_checkpoint,
+                                   crop_cache=opts.crop_cache)
+    return evaluate_kfold(opts.k, opts.config, opts.workspace, opts.dataset, opts.data_root, opts.dataset_root,
+                          opts.tune_thresholds, opts.device, progress=opts.progress, crop_cache=opts.crop_cache)
 
 
 def _comparable(options: dict) -> dict:
