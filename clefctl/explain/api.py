@@ -33,24 +33,41 @@ class ExplainOptions:
     with each warning (random fallback model, no face found) when it arises.
     """
 
-    image: str | None = None
-    texts: Sequence[str] = ()
-    classes: bool = False
-    max_descriptions: int | None = None
-    prompts: str | None = None
-    checkpoint: str | None = "latest"
-    arch: str | None = None
-    out: str = "explain.png"
-    crop: bool | None = None
-    store: str | None = None
+    image: str | None = None             # a file, or with store an image id (the argument)
+    texts: Sequence[str] = field(default=(), metadata={
+        "flag": "--text", "help": "A text to explain the image against (repeatable)."})
+    classes: bool = field(default=False, metadata={
+        "help": "One panel per class name and per description of the model's prompt set (Fig. 4)."})
+    max_descriptions: int | None = field(default=None, metadata={
+        "help": "With --classes: at most this many descriptions per class (default: all).", "min": 0})
+    prompts: str | None = field(default=None, metadata={
+        "help": "Prompt set name or YAML (default: the checkpoint run's)."})
+    checkpoint: str | None = field(default="latest", metadata={
+        "help": "latest (the workspace's latest fine-tuning run), random, a model.pt, a run folder or name, "
+                "an exported folder, hf-hub:ORG/NAME or a registry name (clefctl weights list)."})
+    arch: str | None = field(default=None, metadata={
+        "help": "Architecture for random models (default clef-tiny) and non-clefctl weight files (ViT-B-16)."})
+    out: str = field(default="explain.png", metadata={"help": "The PNG to write.", "path": {"dir_okay": False}})
+    crop: bool | None = field(default=None, metadata={
+        "flag": "--crop/--no-crop",
+        "help": "Crop the largest face first (default: only for images over twice the model input)."})
+    store: str | None = field(default=None, metadata={
+        "help": "An embedding store (.h5): IMAGE is then an image id from `query` results."})
     detector: str = "auto"               # the face detector that crops the image (clefctl.data.faces.choice)
     min_confidence: float | None = None
-    start_layer: int = 0
-    pointing: bool = False
-    n_images: int = 50
-    aus: Sequence[str] | None = None
-    dataset_root: str | None = None
-    all_subjects: bool = False
+    start_layer: int = field(default=0, metadata={
+        "help": "Leave blocks before this one out of the relevance sum.", "min": 0})
+    pointing: bool = field(default=False, metadata={
+        "help": "Pointing accuracy on synthetic-au faces instead of a figure: is the hottest patch of "
+                "the AU name's map inside the AU's region?"})
+    n_images: int = field(default=50, metadata={"flag": "--n", "help": "With --pointing: images per AU.", "min": 1})
+    aus: Sequence[str] | None = field(default=None, metadata={
+        "help": "With --pointing: comma-separated AUs (default AU12,AU4,AU9,AU26,...).", "type": "str",
+        "split": ","})
+    dataset_root: str | None = field(default=None, metadata={
+        "help": "With --pointing: the synthetic-au set (default: the run's)."})
+    all_subjects: bool = field(default=False, metadata={
+        "help": "With --pointing: use every subject, not only the run's held-out fold."})
     device: str | None = None
     workspace: str | None = None
     trust_checkpoint: bool = False
