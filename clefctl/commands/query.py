@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from clefctl.commands.options import face_options
+from clefctl.commands.options import FACE, INDEX_CHOICES, json_option, shared_options
 from clefctl.errors import ClefError
 
 
@@ -55,24 +55,17 @@ def resolve_store(store: str | None, run_ref: str | None, workspace) -> tuple[Pa
 @click.option("--image", default=None, help="Search by an image file or a store id instead of text.")
 @click.option("--whole-image", is_flag=True,
               help="--image on a store of face crops: search with the whole image, not its largest face.")
-@click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--store", default=None, type=click.Path(dir_okay=False), help="Store file (default: latest embed run).")
-@click.option("--run", "run_ref", default=None, help="Embed run name or folder.")
-@click.option("--weights", default=None, help="Model weights (default: those of the embed run).")
-@click.option("--arch", default=None, help="Architecture (default: that of the embed run).")
-@click.option("--trust-checkpoint", is_flag=True,
-              help="Allow full unpickling of a trusted weights file (never taken from a config file).")
-@click.option("--index", "index_kind", default="auto", show_default=True,
-              type=click.Choice(["auto", "flat", "ivf", "ivf-sq8", "ivf-pq", "hnsw", "ivf-ondisk"]),
+@click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Hits to show.")
+@shared_options("store", "run", "store_weights", "store_arch", "trust_checkpoint")
+@click.option("--index", "index_kind", default="auto", show_default=True, type=click.Choice(INDEX_CHOICES),
               help="Index to search: auto = the store's saved one (see `clefctl index build`).")
 @click.option("--classes", "show_classes", is_flag=True,
               help="Also show which prompt classes the query text is nearest to, and precision@k of the hits.")
 @click.option("--sheet", "--contact-sheet", "sheet", default=None, type=click.Path(dir_okay=False),
               help="Also draw the hits into this PNG.")
-@click.option("--workspace", default=None, type=click.Path(file_okay=False))
-@face_options
-@click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
-def query(text, image, whole_image, k, store, run_ref, weights, arch, trust_checkpoint, index_kind, show_classes,
+@shared_options("workspace", *FACE)
+@json_option("Print the hits as JSON.")
+def query(text, image, whole_image, k, store, run, weights, arch, trust_checkpoint, index_kind, show_classes,
           sheet, workspace, detector, min_confidence, as_json) -> None:
     """Find the stored images nearest to a text (or to an image / store id).
 
@@ -90,9 +83,9 @@ def query(text, image, whole_image, k, store, run_ref, weights, arch, trust_chec
         raise ClefError("give a query text or --image (exactly one)",
                         hint='e.g. clefctl query "raised inner brows" or clefctl query --image face.jpg')
     ws = Workspace(workspace)
-    if store is None and run_ref is None and ws.latest("embed") is None:
+    if store is None and run is None and ws.latest("embed") is None:
         _embed_first(workspace)
-    store_path, cfg = resolve_store(store, run_ref, ws)
+    store_path, cfg = resolve_store(store, run, ws)
     if text is not None:  # the text tower only, built only when the query text is not cached already
         eager = weights is not None or show_classes   # an explicit model is checked against the store
         model = store_model(store_path, cfg, weights, arch, trust_checkpoint, workspace, towers="text", lazy=not eager)
@@ -197,17 +190,11 @@ def store_model(store_path: Path, cfg: dict, weights: str | None, arch: str | No
 @click.option("--prompts", "prompts_ref", required=True, help="Prompt set name or your edited YAML.")
 @click.option("--mode", type=click.Choice(["names", "descriptions", "ensemble"]), default="names", show_default=True,
               help="Class vectors: label names, descriptions (one per class) or the template ensemble.")
-@click.option("--store", default=None, type=click.Path(dir_okay=False), help="Store file (default: latest embed run).")
-@click.option("--run", "run_ref", default=None, help="Embed run name or folder.")
-@click.option("--weights", default=None, help="Model weights (default: those of the embed run; needed for a "
-                                              "store written with --out).")
-@click.option("--arch", default=None, help="Architecture (default: that of the embed run).")
-@click.option("--trust-checkpoint", is_flag=True,
-              help="Allow full unpickling of a trusted weights file (never taken from a config file).")
+@shared_options("store", "run", "store_weights", "store_arch", "trust_checkpoint")
 @click.option("--out", "out_csv", default=None, type=click.Path(dir_okay=False), help="Write per-image scores here.")
-@click.option("--workspace", default=None, type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True)
-def rescore(prompts_ref, mode, store, run_ref, weights, arch, trust_checkpoint, out_csv, workspace,
+@shared_options("workspace")
+@json_option("Print the result as JSON.")
+def rescore(prompts_ref, mode, store, run, weights, arch, trust_checkpoint, out_csv, workspace,
             as_json) -> None:
     """Re-score cached image embeddings against (edited) prompt classes; the image encoder never runs.
 
@@ -224,7 +211,7 @@ def rescore(prompts_ref, mode, store, run_ref, weights, arch, trust_checkpoint, 
     from clefctl.workspace import Workspace
 
     ws = Workspace(workspace)
-    store_path, cfg = resolve_store(store, run_ref, ws)
+    store_path, cfg = resolve_store(store, run, ws)
     model = store_model(store_path, cfg, weights, arch, trust_checkpoint, workspace)
     prompts = load_prompts(prompts_ref)
     with EmbeddingStore.open(store_path, fingerprint=model.fingerprint) as st:

@@ -32,19 +32,28 @@ class ServeOptions:
     ``on_ready`` is called with the start record (url, host, port, token, store, rows) once the
     socket listens, before requests are served."""
 
-    store: str | Path
+    store: str | Path = field(metadata={"shared": "store"})   # the command resolves --store / --run
     model: object | None = None
     config: dict = field(default_factory=dict)
-    weights: str | None = None
-    arch: str | None = None
+    weights: str | None = field(default=None, metadata={"shared": "store_weights"})
+    arch: str | None = field(default=None, metadata={"shared": "store_arch"})
     trust_checkpoint: bool = False
-    prompts: str | None = None
-    mode: str = "names"
-    host: str = "127.0.0.1"
-    port: int = 8765
-    token: str | None = None
-    max_upload_mb: float = 16.0
-    index: str = "auto"
+    prompts: str | None = field(default=None, metadata={
+        "help": "Prompt set shown as classes (default: the model's run's, else the store's data set's)."})
+    mode: str = field(default="names", metadata={
+        "help": "Class vectors for the prompt classes: label names, descriptions or the template ensemble.",
+        "choices": ("names", "descriptions", "ensemble")})
+    host: str = field(default="127.0.0.1", metadata={
+        "help": "Address to listen on. Anything but a loopback address requires the token printed at start."})
+    port: int = field(default=8765, metadata={"help": "0 picks a free port.", "min": 0, "max": 65535})
+    token: str | None = field(default=None, metadata={
+        "help": "Access token (default: none on 127.0.0.1, a random one on any other address).",
+        "envvar": "CLEF_SERVE_TOKEN"})
+    max_upload_mb: float = field(default=16.0, metadata={
+        "help": "Largest image upload taken by image search.", "min": 0, "max": 65536, "min_open": True})
+    index: str = field(default="auto", metadata={
+        "help": "Index to search (auto: the store's saved one, see `clefctl index build`).",
+        "choices": ("auto", "flat", "hnsw", "ivf")})
     workspace: str | None = None
     progress: bool = True
     on_ready: Callable[[dict], None] | None = None
