@@ -277,7 +277,7 @@ def make_model(folder: Path) -> tuple[str, str]:
     m = create("ViT-B-16")
     path = folder / "model.pt"
     save_checkpoint(path, m, {"stage": "benchmark", "note": "randomly initialised"})
-    from clefctl.model.formats import sha256_file_cached
+    from clefctl.weights.digest import sha256_file_cached
 
     return str(path), f"ViT-B-16@sha256:{sha256_file_cached(path)}"
 

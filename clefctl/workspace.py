@@ -40,6 +40,8 @@ import yaml
 
 from clefctl import paths
 from clefctl.errors import ClefError, Interrupted
+from clefctl.weights import hub
+from clefctl.weights.reference import parse_weights
 
 STAGES = ("pretrain", "finetune", "evaluate", "embed")
 
@@ -314,30 +316,26 @@ class Workspace:
                                    warning=f"{what}: using a randomly initialised {a} (it has learned nothing)")
             raise ClefError(f"no model given and {what}",
                             hint=hint or "pass --weights model.pt (or --weights random for an untrained model)")
-        from clefctl.weights import hub
-
-        if str(ref).startswith(hub.HF_PREFIX):
-            return ModelChoice(str(hub.snapshot(ref)), None, f"Hugging Face Hub model {ref[len(hub.HF_PREFIX):]}")
-        path = Path(ref).expanduser()
-        if hub.is_model_folder(path):
-            return ModelChoice(str(path.resolve()), None, f"exported model {path}")
-        if not path.exists():
-            for stage in stages:
-                if (self.stage_dir(stage) / ref).is_dir():
-                    path = self.stage_dir(stage) / ref
-                    break
-        if path.is_dir():
+        wref = parse_weights(ref)  # hub, folder, dir, file or a bare name (clefctl.weights.reference)
+        if wref.kind == "hub":
+            return ModelChoice(str(hub.snapshot(ref)), None, f"Hugging Face Hub model {wref.hub_name}")
+        if wref.kind == "folder":
+            return ModelChoice(str(wref.path.resolve()), None, f"exported model {wref.path}")
+        path = wref.path
+        if not wref.exists:  # a run's name
+            path = next((self.stage_dir(s) / ref for s in stages if (self.stage_dir(s) / ref).is_dir()), path)
+        if path is not None and path.is_dir():
             run = Run(path, path.parent.name if path.parent.name in STAGES else stages[0])
             if not run.model_path.is_file():
                 raise ClefError("run folder has no model.pt (the run did not finish)", path=path,
                                 hint="finish it with --resume, or pass a finished run or a checkpoint file")
             return ModelChoice(str(run.model_path.resolve()), None, f"{run.stage} run {run.name}", run)
-        if path.is_file():
+        if path is not None and path.is_file():
             run = Run(path.parent, path.parent.parent.name) if (path.parent / "config.yaml").is_file() else None
             return ModelChoice(str(path.resolve()), arch, f"weights {path}", run)
-        from clefctl.weights import registry  # imported only here: building its table imports open_clip
+        from clefctl.weights import download  # imported only here: building the registry's table imports open_clip
 
-        named = registry.resolve(str(ref), arch)
+        named = download.resolve_named(str(ref), arch)
         if named is not None:
             return ModelChoice(*named)
         return ModelChoice(str(ref), arch, f"weights {ref}")

@@ -41,7 +41,7 @@ def fer(tmp_path_factory):
     embeddings), its export (with the prompt set it names) and a face image to predict."""
     from clefctl.data.synthetic import write_fer
     from clefctl.prompts import PromptSet, load_prompts
-    from clefctl.weights.export import export_model
+    from clefctl.export import export_model
 
     d = tmp_path_factory.mktemp("strict")
     model = create("clef-tiny", seed=0)

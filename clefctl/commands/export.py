@@ -25,7 +25,7 @@ def export(run, out, force, workspace, as_json) -> None:
     Example: clefctl export --out exported/clef-bp4d-au
              huggingface-cli upload my-lab/clef-bp4d-au exported/clef-bp4d-au
     """
-    from clefctl.weights.export import export_model
+    from clefctl.export import export_model
 
     res = export_model(run, out, workspace=workspace, force=force)
     summary = {"out": str(res.out), "files": res.files, "run": res.run, "evaluation": res.evaluation,

@@ -1,18 +1,15 @@
-"""Architectures: clefctl's small configs (``clef-tiny``, ``clef-small``) registered with open_clip,
-and their convolutional stem."""
+"""The convolutional stem of clefctl's small configs (``clef-tiny``, ``clef-small``). Registering the
+configs with open_clip and their shapes live in :mod:`clefctl.weights.archs` (re-exported here)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from clefctl.errors import ClefError
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
-
-_registered = False
+from clefctl.weights.archs import (CONFIG_DIR, arch_uses_quick_gelu, clef_architectures,  # noqa: F401
+                                   list_architectures, register_configs)
 
 # clefctl's own from-scratch configs replace the ViT's patchify convolution (one k x k conv with
 # stride k) by a convolutional stem: stride-2 3x3 convolutions with BatchNorm and ReLU, then a 1x1
@@ -48,33 +45,3 @@ def _add_stem(clip: torch.nn.Module, arch: str) -> None:
         raise ClefError(f"internal: the {arch} stem has {len(channels)} stride-2 convolutions, "
                         f"but its patch size is {patch}")
     visual.conv1 = conv_stem(channels, visual.conv1.out_channels)
-
-
-def register_configs() -> None:
-    """Register clefctl's small architectures (``clef-tiny``, ``clef-small``) with open_clip."""
-    global _registered
-    if _registered:
-        return
-    import open_clip
-
-    open_clip.add_model_config(CONFIG_DIR)
-    _registered = True
-
-
-def list_architectures() -> list[str]:
-    """Every architecture name ``create`` accepts: open_clip's plus clefctl's small configs."""
-    register_configs()
-    import open_clip
-
-    return open_clip.list_models()
-
-
-def clef_architectures() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
-
-
-def _arch_uses_quick_gelu(arch: str) -> bool:
-    import open_clip
-
-    register_configs()
-    return bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))

@@ -11,9 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from clefctl.errors import ClefError
-from clefctl.model.configs import _add_stem, _arch_uses_quick_gelu, register_configs
-from clefctl.model.formats import (LoadReport, _apply_state_dict, _detect_source, _unwrap, check_head,
-                                   read_weights_file, sha256_file)
+from clefctl.model.configs import _add_stem
+from clefctl.model.formats import LoadReport, apply_state_dict, check_head
+from clefctl.paths import atomic_path
+from clefctl.weights import hub
+from clefctl.weights.archs import arch_uses_quick_gelu, register_configs
+from clefctl.weights.digest import sha256_file
+from clefctl.weights.files import detect_source, read_weights_file, unwrap
+from clefctl.weights.reference import WeightsRef, parse_weights
 
 log = logging.getLogger("clefctl.model")
 
@@ -160,50 +165,51 @@ def _build(arch: str, quick_gelu: bool, device: torch.device, seed: int):
     return clip, preprocess, tokenizer
 
 
-def create(arch: str = "ViT-B-16", weights: str | None = None, device: str | None = None, *,
+def create(arch: str = "ViT-B-16", weights: str | WeightsRef | None = None, device: str | None = None, *,
            seed: int = 0, trust_checkpoint: bool = False, cache_dir: str | None = None) -> ClefModel:
-    """Build ``arch`` and load ``weights`` (a file detected by content, a folder in open_clip's Hub
-    layout or ``hf-hub:ORG/NAME`` (:mod:`clefctl.weights.hub`), or an open_clip pretrained tag).
+    """Build ``arch`` and load ``weights``: a reference (:func:`clefctl.weights.reference.parse_weights`:
+    a file detected by content, a folder in open_clip's Hub layout or ``hf-hub:ORG/NAME``
+    (:mod:`clefctl.weights.hub`), a registry name, an open_clip pretrained tag) or its parsed value.
 
-    With ``weights=None`` the model is randomly initialised from ``seed`` and its fingerprint is
-    ``<arch>@random:<seed>``; with a file it is ``<arch>@sha256:<digest>`` (the file's content).
-    A clefctl checkpoint carries its own architecture, which is used when ``arch`` is left at the
-    default; FaRL and OpenAI weights switch QuickGELU on (they were trained with it).
+    With ``weights=None`` (or ``random``) the model is randomly initialised from ``seed`` and its
+    fingerprint is ``<arch>@random:<seed>``; with a file it is ``<arch>@sha256:<digest>`` (the
+    file's content). A clefctl checkpoint carries its own architecture, which is used when ``arch``
+    is left at the default; FaRL and OpenAI weights switch QuickGELU on (they were trained with it).
+    A registry name builds the registry's architecture unless ``arch`` has the same shapes.
     """
-    from clefctl.weights import hub
-
     dev = resolve_device(device)
     report = LoadReport()
     quick_gelu = False
-    if isinstance(weights, str) and weights.startswith(hub.HF_PREFIX):
-        weights = str(hub.snapshot(weights))
-    if weights is None or weights == "":
+    ref = weights if isinstance(weights, WeightsRef) else parse_weights(weights)
+    if ref.kind == "name":  # a registry name: its file (downloaded when missing) or its open_clip tag
+        from clefctl.weights import download  # here: the registry's table imports open_clip
+
+        named = download.resolve_named(ref.text, None if arch == "ViT-B-16" else arch)
+        if named is not None:
+            arch, ref = named[1], parse_weights(named[0])
+    if ref.kind == "random":
         clip, preprocess, tokenizer = _build(arch, False, dev, seed)
         fingerprint = f"{arch}@random:{seed}"
-    elif hub.is_model_folder(weights):  # an exported or Hub model: open_clip_config.json + safetensors
-        folder = hub.read_folder(weights)  # self-describing: its architecture wins over a default --arch
-        if arch not in (folder.arch, "ViT-B-16"):
+    elif ref.kind in ("hub", "folder"):  # an exported or Hub model: open_clip_config.json + safetensors
+        folder = hub.read_folder(hub.snapshot(ref.text) if ref.kind == "hub" else ref.path)
+        if arch not in (folder.arch, "ViT-B-16"):  # self-describing: its architecture wins over a default
             report.notes.append(f"the model folder holds architecture {folder.arch}: building that, not {arch}")
         arch, quick_gelu = folder.arch, folder.quick_gelu
         report.source, report.path, report.meta, report.extras = folder.source, str(folder.path), folder.meta, \
             folder.extras
         clip, preprocess, tokenizer = _build(arch, quick_gelu, dev, seed)
-        _apply_state_dict(clip, folder.state_dict, arch, folder.weights_path, report)
+        apply_state_dict(clip, folder.state_dict, arch, folder.weights_path, report)
         preprocess = hub.apply_preprocess(clip, preprocess, folder.preprocess_cfg)
-        fingerprint = f"{arch}{'+quickgelu' if quick_gelu and not _arch_uses_quick_gelu(arch) else ''}" \
-                      f"@sha256:{sha256_file(folder.weights_path)}"
-    elif Path(weights).expanduser().exists() or any(sep in str(weights) for sep in ("/", "\\")) or \
-            str(weights).endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt")):
-        path = Path(weights).expanduser()
-        sd, arch, quick_gelu = read_file_weights(path, arch, report, trust_checkpoint=trust_checkpoint)
+        fingerprint = _file_fingerprint(arch, quick_gelu, folder.weights_path)
+    elif ref.kind in ("file", "dir"):  # a folder that is no model folder: "weights file not found"
+        sd, arch, quick_gelu = read_file_weights(ref.path, arch, report, trust_checkpoint=trust_checkpoint)
         clip, preprocess, tokenizer = _build(arch, quick_gelu, dev, seed)
-        _apply_state_dict(clip, sd, arch, path, report)
-        fingerprint = f"{arch}{'+quickgelu' if quick_gelu and not _arch_uses_quick_gelu(arch) else ''}" \
-                      f"@sha256:{sha256_file(path)}"
+        apply_state_dict(clip, sd, arch, ref.path, report)
+        fingerprint = _file_fingerprint(arch, quick_gelu, ref.path)
     else:
-        clip, preprocess, tokenizer = _load_pretrained_tag(arch, str(weights), cache_dir)
-        report.source, report.path = "pretrained-tag", str(weights)
-        fingerprint = f"{arch}@{weights}"
+        clip, preprocess, tokenizer = _load_pretrained_tag(arch, ref.text, cache_dir)
+        report.source, report.path = "pretrained-tag", ref.text
+        fingerprint = f"{arch}@{ref.text}"
     for note in report.notes:
         log.info("%s", note)
     clip.to(dev).eval()
@@ -213,6 +219,11 @@ def create(arch: str = "ViT-B-16", weights: str | None = None, device: str | Non
     return model
 
 
+def _file_fingerprint(arch: str, quick_gelu: bool, path: Path) -> str:
+    """``<arch>[+quickgelu]@sha256:<digest of the weights file>``."""
+    return f"{arch}{'+quickgelu' if quick_gelu and not arch_uses_quick_gelu(arch) else ''}@sha256:{sha256_file(path)}"
+
+
 def read_file_weights(path: Path, arch: str, report: LoadReport, *, trust_checkpoint: bool = False,
                       mmap: bool = False, uses_quick_gelu=None) -> tuple[dict, str, bool]:
     """A weights file -> ``(state_dict, arch, quick_gelu)``, filling ``report`` (source, path,
@@ -220,10 +231,10 @@ def read_file_weights(path: Path, arch: str, report: LoadReport, *, trust_checkp
     ``ViT-B-16`` (another explicit ``arch`` is an error), FaRL and OpenAI weights switch QuickGELU
     on. ``mmap`` maps a PyTorch zip checkpoint instead of reading it (the text-only model reads a
     tenth of it); ``uses_quick_gelu(arch)`` defaults to open_clip's config lookup."""
-    uses_quick_gelu = uses_quick_gelu or _arch_uses_quick_gelu
+    uses_quick_gelu = uses_quick_gelu or arch_uses_quick_gelu
     obj, container = read_weights_file(path, trust_checkpoint=trust_checkpoint, mmap=mmap)
-    sd, meta, extras = _unwrap(obj)
-    source = _detect_source(sd, container, meta)
+    sd, meta, extras = unwrap(obj)
+    source = detect_source(sd, container, meta)
     report.source, report.path, report.meta, report.extras = source, str(path), meta, extras
     quick_gelu = False
     if meta:
@@ -276,8 +287,6 @@ def save_checkpoint(path: str | Path, model: ClefModel | torch.nn.Module, meta: 
     ``meta`` must include or will receive ``arch`` and ``quick_gelu``; ``extras`` holds tensors such as
     the class-name text embeddings a fine-tuned model was trained with. Loads with weights_only=True.
     """
-    from clefctl.paths import atomic_path
-
     clip = model.clip if isinstance(model, ClefModel) else model
     meta = dict(meta)
     if isinstance(model, ClefModel):

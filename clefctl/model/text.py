@@ -25,6 +25,13 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
+from clefctl.model.factory import ClefModel, create, read_file_weights, resolve_device
+from clefctl.model.formats import LoadReport, check_head
+from clefctl.weights.archs import CONFIG_DIR
+from clefctl.weights.digest import sha256_file_cached
+from clefctl.weights.files import strip_prefix
+from clefctl.weights.reference import parse_weights
+
 log = logging.getLogger("clefctl.model")
 
 
@@ -83,8 +90,6 @@ def _open_clip_dir() -> Path | None:
 def arch_config(arch: str) -> dict | None:
     """The open_clip model config of ``arch`` (clefctl's small configs first), read from its JSON
     file without importing open_clip; None when there is no such file."""
-    from clefctl.model.configs import CONFIG_DIR
-
     oc = _open_clip_dir()
     for folder in (CONFIG_DIR, oc / "model_configs" if oc else None):
         if folder is not None and (folder / f"{arch}.json").is_file():
@@ -248,8 +253,6 @@ class TextModel:
 
     def encode_texts(self, texts: Iterable[str], batch_size: int = 256) -> torch.Tensor:
         """A list of strings -> (N, D) unit float32 (as ``ClefModel.encode_texts``)."""
-        from clefctl.model.factory import ClefModel
-
         texts = [texts] if isinstance(texts, str) else list(texts)
         ClefModel.warn_if_cut(self, texts)
         outs = []
@@ -266,15 +269,11 @@ class TextModel:
         return torch.cat(outs) if outs else torch.zeros(0, self.embed_dim)
 
     def warn_if_cut(self, texts) -> list[str]:
-        from clefctl.model.factory import ClefModel
-
         return ClefModel.warn_if_cut(self, list(texts))
 
 
 def _text_state_dict(sd: dict) -> dict:
-    from clefctl.model.formats import _strip_prefix
-
-    out = {k: v for k, v in _strip_prefix(sd).items() if k.startswith(_TEXT_KEYS) and isinstance(v, torch.Tensor)}
+    out = {k: v for k, v in strip_prefix(sd).items() if k.startswith(_TEXT_KEYS) and isinstance(v, torch.Tensor)}
     out = {k: (v.float() if v.is_floating_point() and v.dtype != torch.float32 else v) for k, v in out.items()}
     if "logit_scale" in out:
         out["logit_scale"] = out["logit_scale"].reshape([])
@@ -291,15 +290,12 @@ def create_text(arch: str = "ViT-B-16", weights: str | None = None, device: str 
     else (random weights, whose text tower depends on the image tower's draws from the seed; Hub
     folders, pretrained tags, other text towers, a file whose text keys do not fit) returns the
     full :class:`~clefctl.model.ClefModel` of :func:`~clefctl.model.create`."""
-    from clefctl.model.factory import create, read_file_weights, resolve_device
-    from clefctl.model.formats import LoadReport, check_head, sha256_file_cached
-    from clefctl.weights import hub
-
     def full():
         return create(arch, weights, device, seed=seed, trust_checkpoint=trust_checkpoint)
 
-    path = Path(str(weights)).expanduser() if weights else None
-    if path is None or not path.is_file() or hub.is_model_folder(path) or lean_text_config(arch) is None:
+    ref = parse_weights(weights)
+    path = ref.path
+    if ref.kind != "file" or not path.is_file() or lean_text_config(arch) is None:
         return full()
     report = LoadReport()
     sd, arch_used, quick_gelu = read_file_weights(

@@ -27,7 +27,9 @@ from pathlib import Path
 
 from clefctl.errors import ClefError
 from clefctl.paths import FileLock
-from clefctl.weights import registry
+from clefctl.weights import hub, registry
+from clefctl.weights.archs import same_shapes
+from clefctl.weights.digest import sha256_file
 from clefctl.weights.fileformat import check_format, kind_of
 from clefctl.weights.registry import WeightsEntry
 
@@ -50,12 +52,6 @@ class GetResult:
     checksum: str          # published (matches it) | matches-record | recorded-now (first download) | open_clip
     url: str | None = None
     resumed_from: int = 0
-
-
-def sha256_of(path: Path) -> str:
-    from clefctl.model.formats import sha256_file
-
-    return sha256_file(path)
 
 
 class _Dropped(Exception):
@@ -157,7 +153,7 @@ def fetch(url: str, part: Path, *, label: str, progress: bool = True,
 def _check(part: Path, total: int | None, size: int | None, sha: str | None) -> tuple[int, str, str | None]:
     """(size, sha256, what is wrong or None) of a finished part."""
     n = part.stat().st_size
-    digest = sha256_of(part)
+    digest = sha256_file(part)
     if total is not None and n != total:
         return n, digest, f"the download is {n} bytes but the server announced {total}"
     if size is not None and n != size:
@@ -193,8 +189,6 @@ def get(e: WeightsEntry, *, force: bool = False, progress: bool = True, timeout:
     size and sha256 recorded now.
     """
     if e.kind != "file":
-        from clefctl.weights.hub import get_open_clip
-
         return get_open_clip(e, progress=progress)
     target = registry.weights_dir() / e.file
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -239,7 +233,7 @@ def _checked(source: str | None) -> str:
 
 
 def _present(e: WeightsEntry, target: Path, size: int | None, sha: str | None, source: str | None) -> GetResult:
-    n, digest = target.stat().st_size, sha256_of(target)
+    n, digest = target.stat().st_size, sha256_file(target)
     if sha is None:
         bad = check_format(target, kind_of(e.file))  # never record an error page as the release
         if bad is not None:
@@ -256,7 +250,7 @@ def _present(e: WeightsEntry, target: Path, size: int | None, sha: str | None, s
 
 def verify_file(path: Path, e: WeightsEntry | None = None) -> dict:
     """Size and sha256 of ``path``, and for a registry file whether they match what is known."""
-    n, digest = path.stat().st_size, sha256_of(path)
+    n, digest = path.stat().st_size, sha256_file(path)
     out = {"path": str(path), "size": n, "sha256": digest, "checksum": None, "matches": None}
     if e is not None and e.kind == "file" and path.name == e.file:
         size, sha, source = registry.expected(e)
@@ -265,3 +259,50 @@ def verify_file(path: Path, e: WeightsEntry | None = None) -> dict:
             out["matches"] = digest == sha and (size is None or size == n)
             out["expected"] = {"size": size, "sha256": sha}
     return out
+
+
+def get_open_clip(e, *, progress: bool = True):
+    """Fetch an open_clip tag into open_clip's cache (open_clip downloads and checks it)."""
+    cached = hub.open_clip_cached(e)
+    status = "present"
+    if cached is None:
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+        from open_clip.pretrained import download_pretrained
+
+        (enable_progress_bars if progress else disable_progress_bars)()  # huggingface_hub draws its own
+
+        try:
+            cached = Path(download_pretrained(hub.pretrained_cfg(e), cache_dir=hub.hub_cache()))
+        except Exception as exc:  # network errors come as requests, urllib and huggingface_hub types
+            raise ClefError(f"cannot download {e.name} (open_clip {e.arch}/{e.tag}, {e.url}): "
+                            f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}",
+                            hint="this needs the network or a warm Hugging Face cache (HF_HOME); elsewhere, "
+                                 f"`hf download {(hub.pretrained_cfg(e).get('hf_hub') or '').strip('/')}` "
+                                 "and copy the cache") from None
+        status = "downloaded"
+    return GetResult(e.name, cached, cached.stat().st_size, sha256_file(cached), status, "open_clip", e.url)
+
+
+def resolve_named(name: str, arch: str | None = None, *, progress: bool = True) -> tuple[str, str, str] | None:
+    """``(weights, arch, description)`` for :class:`~clefctl.workspace.ModelChoice` when ``name``
+    is a registry name (the file, downloaded now when missing), else None. The registry's
+    architecture is used unless ``arch`` has the same shapes (e.g. ViT-B-16 for FaRL)."""
+    e = registry.REGISTRY.get(name)
+    if e is None:
+        return None
+    if e.purpose != "model":
+        raise ClefError(f"{name} is a face detector's file, not model weights",
+                        hint=f"give it as --detector {name}; --weights takes CLIP weights such as farl-ep64")
+    use = arch if arch and same_shapes(arch, e.arch) else e.arch
+    if e.kind == "open_clip":
+        return e.tag, use, f"open_clip {e.arch}/{e.tag} ({name})"
+    path = registry.local_path(e)
+    if path is None:
+        path = get(e, progress=progress).path
+    else:  # a cheap check on every use; `clefctl weights verify` hashes the whole file
+        size, _, source = registry.expected(e)
+        if size is not None and path.stat().st_size != size:
+            raise ClefError(f"{e.file} is {path.stat().st_size} bytes, not the {size} of its {source} checksum",
+                            path=path,
+                            hint=f"it is cut short or another file: run `clefctl weights get {name} --force`")
+    return str(path), use, f"weights {name} ({path})"

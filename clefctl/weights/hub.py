@@ -2,7 +2,7 @@
 
 A folder in this layout holds ``open_clip_config.json`` (``model_cfg`` and ``preprocess_cfg``) and
 ``open_clip_model.safetensors`` (or ``open_clip_pytorch_model.bin``); a clefctl model also holds
-``clefctl.json`` (:mod:`clefctl.weights.export`): its architecture name, the metadata of the
+``clefctl.json`` (:mod:`clefctl.export`): its architecture name, the metadata of the
 checkpoint it came from and the tensors stored beside the weights (the class-name embeddings),
 so a folder loads as the checkpoint did. :func:`snapshot` fetches ``hf-hub:`` references through
 ``huggingface_hub``, which keeps its own cache (``HF_HOME`` / ``HF_HUB_CACHE``) and honours
@@ -23,39 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clefctl.errors import ClefError
+from clefctl.paths import cache_dir, write_json_atomic
+from clefctl.weights.archs import clef_architectures, register_configs
+from clefctl.weights.files import read_weights_file, unwrap
+from clefctl.weights.reference import (CONFIG_NAME, HF_PREFIX, is_model_folder, parse_ref,  # noqa: F401
+                                       parse_weights)
 
-HF_PREFIX = "hf-hub:"
-CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 CLEF_NAME = "clefctl.json"
 FOLDER_FILES = [CONFIG_NAME, *WEIGHTS_NAMES, CLEF_NAME, "*.yaml", "README.md"]
-
-
-def is_model_folder(path) -> bool:
-    """True for a folder holding ``open_clip_config.json`` (an exported or Hub model)."""
-    try:
-        p = Path(path).expanduser()
-        return p.is_dir() and (p / CONFIG_NAME).is_file()
-    except (TypeError, OSError):
-        return False
-
-
-def parse_ref(ref: str) -> tuple[str, str | None]:
-    """``hf-hub:ORG/NAME[@REVISION]`` -> (repo id, revision or None)."""
-    body = ref[len(HF_PREFIX):] if ref.startswith(HF_PREFIX) else ref
-    repo, _, rev = body.partition("@")
-    parts = repo.split("/")
-    if len(parts) != 2 or not all(parts):
-        raise ClefError(f"not a Hugging Face Hub reference: {ref!r}",
-                        hint="write hf-hub:ORG/NAME (or hf-hub:ORG/NAME@REVISION)")
-    return repo, rev or None
 
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _hub_cache() -> str | None:
+def hub_cache() -> str | None:
     """The cache ``huggingface_hub`` uses, read now (its constants are read once at import)."""
     if os.environ.get("HF_HUB_CACHE"):
         return os.environ["HF_HUB_CACHE"]
@@ -74,13 +57,13 @@ def snapshot(ref: str) -> Path:
     repo, rev = parse_ref(ref)
     offline = _offline()
     try:
-        folder = Path(snapshot_download(repo, revision=rev, cache_dir=_hub_cache(), local_files_only=offline,
+        folder = Path(snapshot_download(repo, revision=rev, cache_dir=hub_cache(), local_files_only=offline,
                                         allow_patterns=FOLDER_FILES))
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
         raise ClefError(f"no Hugging Face Hub model {repo}{'@' + rev if rev else ''} ({type(exc).__name__})",
                         hint="check the name (ORG/NAME), and log in with `hf auth login` for a private model") from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as exc:
-        where = _hub_cache() or "the default Hugging Face cache"
+        where = hub_cache() or "the default Hugging Face cache"
         why = "HF_HUB_OFFLINE is set and it is not in the cache" if offline else \
             f"it could not be downloaded ({type(exc).__name__})"
         raise ClefError(f"cannot load Hugging Face Hub model {repo}: {why}", path=where,
@@ -131,8 +114,6 @@ def _register(name: str, model_cfg: dict) -> None:
     """Make ``name`` an open_clip architecture with ``model_cfg`` (a file in the clefctl cache)."""
     import open_clip
 
-    from clefctl.paths import cache_dir, write_json_atomic
-
     target = cache_dir() / "open_clip_configs" / f"{name}.json"
     if not target.is_file() or _json(target) != model_cfg:
         write_json_atomic(target, model_cfg)
@@ -144,8 +125,6 @@ def _arch_for(model_cfg: dict, named: str | None, path: Path) -> str:
     that config, else a known open_clip config with the same content, else a new one registered
     under a name derived from the content."""
     import open_clip
-
-    from clefctl.model import clef_architectures, register_configs
 
     register_configs()
     if named:
@@ -173,8 +152,6 @@ def _arch_for(model_cfg: dict, named: str | None, path: Path) -> str:
 def read_folder(path: str | Path) -> FolderModel:
     """Read an open_clip Hub-layout folder (see the module docstring): the architecture from
     ``clefctl.json`` or ``open_clip_config.json``, the weights, clefctl metadata and extras."""
-    from clefctl.model.formats import _unwrap, read_weights_file
-
     path = Path(path).expanduser()
     cfg = _json(path / CONFIG_NAME)
     model_cfg = cfg.get("model_cfg")
@@ -189,7 +166,7 @@ def read_folder(path: str | Path) -> FolderModel:
     meta = _clef_meta(clef, path / CLEF_NAME)
     name = _arch_for(model_cfg, clef.get("arch"), path)
     obj, _ = read_weights_file(weights)
-    sd, _, _ = _unwrap(obj)
+    sd, _, _ = unwrap(obj)
     quick = bool(model_cfg.get("quick_gelu", False)) or bool(clef.get("quick_gelu", False))
     return FolderModel(path, name, quick, weights, sd, dict(cfg.get("preprocess_cfg") or {}), meta,
                        decode_extras(clef.get("extras") or {}, path / CLEF_NAME),
@@ -213,17 +190,16 @@ def _clef_meta(clef: dict, path: Path) -> dict:
 
 def model_folder(weights) -> Path | None:
     """The folder of ``weights`` when it is a model folder (exported or ``hf-hub:``, fetched or cached)."""
-    if isinstance(weights, str) and weights.startswith(HF_PREFIX):
-        return snapshot(weights)
-    return Path(weights).expanduser() if weights and is_model_folder(weights) else None
+    ref = parse_weights(weights)
+    if ref.kind == "hub":
+        return snapshot(ref.text)
+    return ref.path if ref.kind == "folder" else None
 
 
 def declared_meta(weights, *, trust_checkpoint: bool = False) -> dict:
     """What a model says it is, without building it: the clefctl metadata (``stage``, ``task``,
     ``classes``, ...) of a model folder's clefctl.json or of a clefctl checkpoint file (memory-mapped);
     {} for anything else (a registry name, an open_clip tag, plain CLIP weights)."""
-    from clefctl.model.formats import _unwrap, read_weights_file
-
     if not weights or weights == "random":
         return {}
     folder = model_folder(weights)
@@ -233,7 +209,7 @@ def declared_meta(weights, *, trust_checkpoint: bool = False) -> dict:
     if not path.is_file():
         return {}
     obj, _ = read_weights_file(path, trust_checkpoint=trust_checkpoint, mmap=True)
-    return dict(_unwrap(obj)[1]) if isinstance(obj, dict) else {}
+    return dict(unwrap(obj)[1]) if isinstance(obj, dict) else {}
 
 
 def model_prompts_file(weights) -> Path | None:
@@ -315,7 +291,7 @@ def decode_extras(doc: dict, path: Path) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def _pretrained_cfg(e) -> dict:
+def pretrained_cfg(e) -> dict:
     import open_clip
 
     cfg = open_clip.get_pretrained_cfg(e.arch, e.tag) or {}
@@ -328,37 +304,13 @@ def open_clip_cached(e) -> Path | None:
     """Where open_clip's copy of a tag lies in the Hugging Face cache (None: not cached)."""
     from huggingface_hub import try_to_load_from_cache
 
-    hub = (_pretrained_cfg(e).get("hf_hub") or "").strip("/")
+    hub = (pretrained_cfg(e).get("hf_hub") or "").strip("/")
     if not hub:
         return None
     repo, _, fname = hub.rpartition("/") if hub.count("/") >= 2 else (hub, "", "")
     names = [fname] if fname else list(WEIGHTS_NAMES)
     for n in names:
-        hit = try_to_load_from_cache(repo, n, cache_dir=_hub_cache())
+        hit = try_to_load_from_cache(repo, n, cache_dir=hub_cache())
         if isinstance(hit, str) and os.path.isfile(hit):
             return Path(hit)
     return None
-
-
-def get_open_clip(e, *, progress: bool = True):
-    """Fetch an open_clip tag into open_clip's cache (open_clip downloads and checks it)."""
-    from clefctl.weights.download import GetResult, sha256_of
-
-    cached = open_clip_cached(e)
-    status = "present"
-    if cached is None:
-        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
-        from open_clip.pretrained import download_pretrained
-
-        (enable_progress_bars if progress else disable_progress_bars)()  # huggingface_hub draws its own
-
-        try:
-            cached = Path(download_pretrained(_pretrained_cfg(e), cache_dir=_hub_cache()))
-        except Exception as exc:  # network errors come as requests, urllib and huggingface_hub types
-            raise ClefError(f"cannot download {e.name} (open_clip {e.arch}/{e.tag}, {e.url}): "
-                            f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}",
-                            hint="this needs the network or a warm Hugging Face cache (HF_HOME); elsewhere, "
-                                 f"`hf download {(_pretrained_cfg(e).get('hf_hub') or '').strip('/')}` "
-                                 "and copy the cache") from None
-        status = "downloaded"
-    return GetResult(e.name, cached, cached.stat().st_size, sha256_of(cached), status, "open_clip", e.url)

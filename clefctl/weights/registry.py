@@ -1,7 +1,8 @@
 """The registry of named weights, the weights folder and its checksum file.
 
 Names resolve wherever weights are taken (``--weights farl-ep64``, through
-:meth:`clefctl.workspace.Workspace.resolve_model`). Two kinds of entry:
+:meth:`clefctl.workspace.Workspace.resolve_model`, :func:`clefctl.weights.download.resolve_named`).
+Two kinds of entry:
 
 * ``file``: a file clefctl downloads into :func:`weights_dir` (``$CLEF_WEIGHTS_DIR``, default
   ``<cache>/weights``) and loads by content. FaRL publishes no checksum, so the size and sha256 of
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from clefctl import paths
 from clefctl.errors import ClefError
+from clefctl.weights import hub
 
 WEIGHTS_DIR_ENV = "CLEF_WEIGHTS_DIR"
 MIRROR_ENV = "CLEF_WEIGHTS_MIRROR"
@@ -130,9 +132,7 @@ def local_path(e: WeightsEntry) -> Path | None:
     if e.kind == "file":
         p = weights_dir() / e.file
         return p if p.is_file() else None
-    from clefctl.weights.hub import open_clip_cached
-
-    return open_clip_cached(e)
+    return hub.open_clip_cached(e)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,53 +190,3 @@ def describe(e: WeightsEntry) -> dict:
     return {"name": e.name, "arch": e.arch, "url": e.url, "file": e.file, "size": size, "sha256": sha,
             "checksum": source, "path": str(p) if p else None, "kind": e.kind, "tag": e.tag,
             "purpose": e.purpose, "description": e.description}
-
-
-def resolve(name: str, arch: str | None = None, *, progress: bool = True) -> tuple[str, str, str] | None:
-    """``(weights, arch, description)`` for :class:`~clefctl.workspace.ModelChoice` when ``name``
-    is a registry name (the file, downloaded now when missing), else None. The registry's
-    architecture is used unless ``arch`` has the same shapes (e.g. ViT-B-16 for FaRL)."""
-    e = REGISTRY.get(name)
-    if e is None:
-        return None
-    if e.purpose != "model":
-        raise ClefError(f"{name} is a face detector's file, not model weights",
-                        hint=f"give it as --detector {name}; --weights takes CLIP weights such as farl-ep64")
-    use = arch if arch and _same_shapes(arch, e.arch) else e.arch
-    if e.kind == "open_clip":
-        return e.tag, use, f"open_clip {e.arch}/{e.tag} ({name})"
-    from clefctl.weights.download import get
-
-    path = local_path(e)
-    if path is None:
-        path = get(e, progress=progress).path
-    else:  # a cheap check on every use; `clefctl weights verify` hashes the whole file
-        size, _, source = expected(e)
-        if size is not None and path.stat().st_size != size:
-            raise ClefError(f"{e.file} is {path.stat().st_size} bytes, not the {size} of its {source} checksum",
-                            path=path,
-                            hint=f"it is cut short or another file: run `clefctl weights get {name} --force`")
-    return str(path), use, f"weights {name} ({path})"
-
-
-def _same_shapes(a: str, b: str) -> bool:
-    """True when architectures ``a`` and ``b`` have the same tensor shapes (QuickGELU aside)."""
-    if a == b:
-        return True
-    import open_clip
-
-    from clefctl.model import register_configs
-    from clefctl.model.formats import _config_signature
-
-    register_configs()
-    ca, cb = open_clip.get_model_config(a), open_clip.get_model_config(b)
-    if not ca or not cb:
-        return False
-    sa, sb = _config_signature(ca), _config_signature(cb)
-    return sa is not None and sa == sb and a not in _clef_names() and b not in _clef_names()
-
-
-def _clef_names() -> set[str]:
-    from clefctl.model import clef_architectures
-
-    return set(clef_architectures())

@@ -18,7 +18,10 @@ from pathlib import Path
 
 from clefctl.errors import ClefError
 from clefctl.weights import hub, registry
+from clefctl.weights.archs import infer_architectures
 from clefctl.weights.download import verify_file
+from clefctl.weights.files import detect_source, is_safetensors, is_torchscript, read_weights_file, unwrap
+from clefctl.weights.reference import parse_weights
 
 
 def _describe_detector(path: Path) -> dict:
@@ -37,20 +40,17 @@ def _describe_file(path: Path, e: registry.WeightsEntry | None = None) -> dict:
     """Container, detected layout and fitting architectures of a weights file."""
     if e is not None and e.purpose == "detector":
         return _describe_detector(path)
-    from clefctl.model.formats import (_detect_source, _is_safetensors, _is_torchscript, _unwrap,
-                                       infer_architectures, read_weights_file)
-
-    if _is_torchscript(path):
+    if is_torchscript(path):
         return {"format": "torchscript", "source": "openai-torchscript", "arch": [],
                 "note": "a TorchScript archive (code runs when it loads): not opened; load it with --trust-checkpoint"}
     try:
         obj, container = read_weights_file(path)
-        sd, meta, _ = _unwrap(obj)
+        sd, meta, _ = unwrap(obj)
     except ClefError as exc:  # size and sha256 are still worth reporting
         return {"format": "unreadable", "source": None, "arch": [], "note": exc.bare_message}
-    source = _detect_source(sd, container, meta)
+    source = detect_source(sd, container, meta)
     archs = [meta["arch"]] if meta.get("arch") else infer_architectures(sd)
-    out = {"format": "safetensors" if _is_safetensors(path) else container, "source": source, "arch": archs,
+    out = {"format": "safetensors" if is_safetensors(path) else container, "source": source, "arch": archs,
            "tensors": len(sd)}
     if meta:
         out["clefctl"] = {k: meta.get(k) for k in ("stage", "task", "dataset", "classes") if k in meta}
@@ -70,12 +70,13 @@ def verify(ref: str) -> dict:
         if e.kind == "open_clip":
             out["checksum"] = "open_clip"  # open_clip's Hub copy: checked by huggingface_hub on download
         return out
-    if ref.startswith(hub.HF_PREFIX):
+    parsed = parse_weights(ref)
+    if parsed.kind == "hub":
         return _describe_folder(hub.snapshot(ref), ref)
+    if parsed.kind == "folder":
+        return _describe_folder(parsed.path, ref)
     path = Path(ref).expanduser()
-    if hub.is_model_folder(path):
-        return _describe_folder(path, ref)
-    if path.is_dir():
+    if parsed.kind == "dir":
         raise ClefError("folder is neither an exported model (no open_clip_config.json) nor a weights file",
                         path=path,
                         hint="give a weights file, a registry name (clefctl weights list) or an exported folder")

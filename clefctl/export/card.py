@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import yaml
 
-from clefctl.model import clef_architectures
+from clefctl.weights.archs import clef_architectures
 
 CLEF_CITATION = """@inproceedings{zhang2023clef,
   title     = {Weakly-Supervised Text-Driven Contrastive Learning for Facial Behavior Understanding},

@@ -17,7 +17,7 @@ The folder is built beside ``out`` and renamed into place whole. ``--weights DIR
 
 Example::
 
-    >>> from clefctl.weights.export import export_model
+    >>> from clefctl.export import export_model
     >>> export_model(None, "exported/clef-au")           # doctest: +SKIP
 """
 
@@ -32,8 +32,11 @@ from pathlib import Path
 
 from clefctl import __version__
 from clefctl.errors import ClefError
-from clefctl.paths import umask, writing
+from clefctl.export.card import model_card
+from clefctl.model import create
+from clefctl.paths import umask, write_json_atomic, write_text_atomic, writing
 from clefctl.weights import hub
+from clefctl.weights.digest import sha256_file
 from clefctl.workspace import Run, Workspace
 
 FORMAT = "clefctl-export"
@@ -53,8 +56,6 @@ class ExportResult:
 def export_model(ref: str | None, out: str | Path, *, workspace: str | None = None,
                  force: bool = False) -> ExportResult:
     """Export run/checkpoint ``ref`` (default: the latest finished fine-tuning run) to folder ``out``."""
-    from clefctl.model import create
-
     out = Path(out).expanduser()
     _check_out(out, force)
     ws = Workspace(workspace)
@@ -137,9 +138,6 @@ def _write_folder(d: Path, model, meta: dict, cfg: dict, run: Run | None, evalua
                   checkpoint: Path) -> list[str]:
     from safetensors.torch import save_file
 
-    from clefctl.model.formats import sha256_file
-    from clefctl.paths import write_json_atomic, write_text_atomic
-
     sd = {k: v.detach().cpu().contiguous() for k, v in model.clip.state_dict().items()}
     save_file(sd, str(d / hub.WEIGHTS_NAMES[0]), metadata={"format": "pt"})
     write_json_atomic(d / hub.CONFIG_NAME, _open_clip_config(model))
@@ -164,8 +162,6 @@ def _write_folder(d: Path, model, meta: dict, cfg: dict, run: Run | None, evalua
         "extras": hub.encode_extras(model.load_report.extras),
     }
     write_json_atomic(d / hub.CLEF_NAME, doc)
-    from clefctl.weights.card import model_card
-
     write_text_atomic(d / "README.md", model_card(doc, evaluation))
     return sorted(p.name for p in d.iterdir() if not p.name.startswith("."))
 
