@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import logging
 import os
 import sys
 import warnings
@@ -90,6 +91,8 @@ def os_error_message(exc: OSError) -> str:
     code = exc.errno
     what = _ERRNO_ADVICE.get(code) or (exc.strerror or str(exc) or type(exc).__name__)
     where = exc.filename if exc.filename is not None else None
+    if code == errno.EEXIST and where is not None and os.path.exists(where) and not os.path.isdir(where):
+        return f"{where}: is a file, not a folder, and a folder is needed there (check the path)"  # --out file/x.h5
     if where is not None and getattr(exc, "filename2", None):
         where = f"{where} -> {exc.filename2}"
     text = f"{what}: {where}" if where is not None else what
@@ -115,6 +118,29 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         pass
 
 
+class _LineHandler(logging.Handler):
+    """Log records of WARNING and above as the one ``warning: ...`` line (``error: ...`` for errors), on
+    the stderr of the moment. Installed on the root logger before a command runs, so that a library's
+    implicit ``logging.basicConfig()`` (open_clip logs through the root logger) finds a handler and adds
+    none: records then never print as ``WARNING:clefctl.store:...``."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "warning" if record.levelno < logging.ERROR else "error"
+        try:
+            sys.stderr.write(f"{level}: {record.getMessage()}\n")
+        except (OSError, ValueError):  # a closed stderr: nothing to do
+            pass
+
+
+def _log_as_lines() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h, _LineHandler) for h in root.handlers):
+        root.addHandler(_LineHandler())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the group and map errors to exit codes.
 
@@ -127,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = _debug_requested(argv)
     if not debug:
         warnings.showwarning = _show_warning
+        _log_as_lines()
     try:
         rv = cli.main(args=argv, prog_name="clefctl", standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)

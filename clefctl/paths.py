@@ -84,7 +84,7 @@ def disk_full_error(exc: BaseException, target: str | os.PathLike, again: str | 
     do: ``again``, default "run the same command again"); ``exc`` stays its cause (``--debug``)."""
     from clefctl.errors import DiskFull
 
-    return DiskFull("the disk is full: writing it failed", path=target,
+    return DiskFull("the disk is full (no space left on the device): writing it failed", path=target,
                     hint=f"free some space, then {again or 'run the same command again'}")
 
 

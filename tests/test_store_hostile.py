@@ -449,3 +449,24 @@ def test_media_chunks_are_exact_and_a_resume_inside_a_frame_matches(tmp_path, mo
     assert again.resumed_from == 16 and again.rows == whole.rows
     with S.EmbeddingStore.open(tmp_path / "whole.h5") as a, S.EmbeddingStore.open(tmp_path / "part.h5") as b:
         assert a.ids == b.ids and np.allclose(a.embeddings(), b.embeddings(), atol=2e-3)
+
+
+# ----------------------------------------------------------------------------------------------
+# the library's log warnings print as the one warning line (item 13); a file where a folder must be
+
+
+def test_log_warnings_print_as_the_one_warning_line(tmp_path, image_folder):
+    imgs = image_folder(2)
+    (imgs / "happy" / "bad.png").write_bytes(b"not a png")
+    r = _cli(["embed", "--dataset", "folder", "--dataset-root", imgs, "--weights", "random", "--arch", "clef-tiny",
+              "--out", tmp_path / "s.h5", "--index", "none", "--workers", "0", "--json"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "warning: 1 unreadable images skipped" in r.stderr and "WARNING:" not in r.stderr, r.stderr
+
+
+def test_out_below_a_file_says_what_is_in_the_way(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, _, err = _run(["embed", "--dataset", "synthetic-fer", "--weights", "random", "--arch", "clef-tiny",
+                         "--out", tmp_path / "file" / "x.h5"], capsys)
+    line = _one_error_line(err)
+    assert code == 2 and str(tmp_path / "file") in line and "not a folder" in line, line   # old: "File exists: file"

@@ -104,8 +104,8 @@ def _resume_when_disk_full(run: Run, flags: str):
         if isinstance(exc, OSError) and not is_disk_full(exc):
             raise
         path = exc.path if isinstance(exc, DiskFull) else (exc.filename or run.path)
-        raise DiskFull(f"the disk is full: writing it failed; run {run.name} is marked failed, what it "
-                       "saved before is kept", path=path,
+        raise DiskFull(f"the disk is full (no space left on the device): writing it failed; run {run.name} is "
+                       "marked failed, what it saved before is kept", path=path,
                        hint=f"free some space, then continue the run with: {run.resume_command(flags)}") from exc
 
 
