@@ -11,7 +11,7 @@ import json
 
 import click
 
-from clefctl.commands.options import face_options
+from clefctl.commands.options import build, json_option, options_command
 
 
 def summary_lines(res) -> list[str]:
@@ -35,43 +35,10 @@ def summary_lines(res) -> list[str]:
     return lines
 
 
-@click.command("embed")
+@options_command("embed", "clefctl.store.embed:EmbedOptions")
 @click.argument("paths", nargs=-1)
-@click.option("--dataset", "dataset", default=None,
-              help="Registered data set, e.g. rafdb, bp4d, synthetic-fer (default: the latest fine-tuning run's).")
-@click.option("--dataset-root", default=None, type=click.Path(), help="The data set's own folder (or CSV).")
-@click.option("--data-root", default=None, type=click.Path(file_okay=False), help="Folder holding the data sets.")
-@click.option("--split", default="all", show_default=True, help="Official split to embed (train/val/test) or all.")
-@click.option("--weights", default=None, help="Model weights (file, registry name such as farl-ep64, exported "
-                                              "folder, hf-hub:ORG/NAME or open_clip tag; 'random' = untrained). "
-                                              "Default: the latest finetune run's model.")
-@click.option("--arch", default="ViT-B-16", show_default=True, help="Architecture (a clefctl checkpoint carries its own).")
-@click.option("--trust-checkpoint", is_flag=True,
-              help="Allow full unpickling of a trusted weights file (never taken from a config file).")
-@click.option("--no-crop-cache", is_flag=True,
-              help="--dataset: embed the full frames even when a face-crop cache is ready (clefctl data prepare).")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
-              help="Store file (default: <workspace>/embed/<image set>--<model>/store.h5).")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--chunk-size", default=1024, show_default=True, type=click.IntRange(min=1),
-              help="Images per committed chunk (the unit a killed run resumes from).")
-@click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]),
-              help="Stored embedding type.")
-@click.option("--workers", default=None, type=click.IntRange(min=0), help="Image-loading processes.")
-@click.option("--index", "index_kind", default="auto", show_default=True,
-              type=click.Choice(["auto", "flat", "ivf", "ivf-sq8", "ivf-pq", "hnsw", "ivf-ondisk", "none"]),
-              help="FAISS index to build after embedding (auto: docs/store.md; `clefctl index build` rebuilds it).")
-@click.option("--every", default=1, show_default=True, type=click.IntRange(min=1),
-              help="PATH...: keep every N-th video frame.")
-@click.option("--max-frames", default=None, type=click.IntRange(min=1), help="PATH...: at most this many frames per video.")
-@click.option("--overwrite", is_flag=True, help="Start the store again instead of resuming it.")
-@click.option("--workspace", default=None, type=click.Path(file_okay=False), help="Run folder root.")
-@face_options
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def embed(paths, dataset, dataset_root, data_root, split, weights, arch, trust_checkpoint, no_crop_cache, device, out,
-          batch_size, chunk_size, dtype, workers, index_kind, every, max_frames, overwrite, workspace, detector,
-          min_confidence, as_json) -> None:
+@json_option("Print the report as JSON.")
+def embed(paths, as_json, **kw) -> None:
     """Embed a data set's images, or every face of photos and videos, into a resumable HDF5 store
     (and build its FAISS index).
 
@@ -91,12 +58,7 @@ def embed(paths, dataset, dataset_root, data_root, split, weights, arch, trust_c
     """
     from clefctl.store.embed import EmbedOptions, run_embed
 
-    res = run_embed(EmbedOptions(
-        dataset=dataset, dataset_root=dataset_root, data_root=data_root, split=split, weights=weights, arch=arch,
-        trust_checkpoint=trust_checkpoint, crop_cache=not no_crop_cache, device=device, out=out, batch_size=batch_size, chunk_size=chunk_size,
-        dtype=dtype, workers=workers, index=index_kind, overwrite=overwrite, workspace=workspace,
-        progress=not as_json, paths=tuple(paths), every=every, max_frames=max_frames, detector=detector,
-        min_confidence=min_confidence))
+    res = run_embed(build(EmbedOptions, kw, paths=tuple(paths), progress=not as_json))
     if not res.main:
         return
     if as_json:

@@ -406,27 +406,38 @@ def _embed_rows(store: EmbeddingStore, model, samples: list, *, batch_size: int,
 class EmbedOptions:
     """Everything ``clefctl embed`` takes (the same defaults as a bare ``clefctl embed``)."""
 
-    dataset: str | None = None          # None: the latest fine-tuning run's data set
-    dataset_root: str | None = None
-    data_root: str | None = None
-    split: str = "all"                  # all | train | val | test
-    weights: str | None = None          # None: the latest finetune (else pretrain) run's model
+    dataset: str | None = field(default=None, metadata={
+        "help": "Registered data set, e.g. rafdb, bp4d, synthetic-fer (default: the latest fine-tuning run's)."})
+    dataset_root: str | None = field(default=None, metadata={"path": {}})
+    data_root: str | None = field(default=None, metadata={"path": {"file_okay": False}})
+    split: str = field(default="all", metadata={"help": "Official split to embed (train/val/test) or all."})
+    weights: str | None = field(default=None, metadata={
+        "help": "Model weights (file, registry name such as farl-ep64, exported folder, hf-hub:ORG/NAME or "
+                "open_clip tag; 'random' = untrained). Default: the latest finetune run's model."})
     arch: str = "ViT-B-16"
     trust_checkpoint: bool = False
-    crop_cache: bool = True             # a data set's frames: read a ready face-crop cache (clefctl data prepare)
+    crop_cache: bool = field(default=True, metadata={
+        "help": "--dataset: embed the full frames even when a face-crop cache is ready (clefctl data prepare)."})
     device: str = "auto"
-    out: str | None = None              # None: <workspace>/embed/<image set>--<model>/store.h5
-    batch_size: int = 64
-    chunk_size: int = 1024
-    dtype: str = "float16"              # stored embedding type
-    workers: int | None = None
-    index: str = "auto"                 # auto | flat | hnsw | ivf | none
-    overwrite: bool = False
+    out: str | None = field(default=None, metadata={
+        "help": "Store file (default: <workspace>/embed/<image set>--<model>/store.h5).",
+        "path": {"dir_okay": False}})
+    batch_size: int = field(default=64, metadata={"help": "Images per model call.", "min": 1})
+    chunk_size: int = field(default=1024, metadata={
+        "help": "Images per committed chunk (the unit a killed run resumes from).", "min": 1})
+    dtype: str = field(default="float16", metadata={
+        "help": "Stored embedding type.", "choices": ("float16", "float32")})
+    workers: int | None = field(default=None, metadata={"help": "Image-loading processes.", "min": 0})
+    index: str = field(default="auto", metadata={
+        "help": "FAISS index to build after embedding (auto: docs/store.md; `clefctl index build` rebuilds it).",
+        "choices": ("auto", "flat", "ivf", "ivf-sq8", "ivf-pq", "hnsw", "ivf-ondisk", "none")})
+    overwrite: bool = field(default=False, metadata={"help": "Start the store again instead of resuming it."})
     workspace: str | None = None
     progress: bool = True
-    paths: tuple[str, ...] = ()         # photos, videos, folders, globs: one row per face (store/media.py)
-    every: int = 1                      # paths: keep every N-th video frame
-    max_frames: int | None = None       # paths: at most this many frames per video
+    paths: tuple[str, ...] = ()         # photos, videos, folders, globs: one row per face (the arguments)
+    every: int = field(default=1, metadata={"help": "PATH...: keep every N-th video frame.", "min": 1})
+    max_frames: int | None = field(default=None, metadata={
+        "help": "PATH...: at most this many frames per video.", "min": 1})
     detector: str = "auto"              # paths: auto | yunet | haar (clefctl.data.faces.choice)
     min_confidence: float | None = None  # paths: the detector's score threshold
 
