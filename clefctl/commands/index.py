@@ -7,8 +7,8 @@ import json
 
 import click
 
-from clefctl.commands.types import ByteSize, Finite
-from clefctl.store.index.kinds import INDEX_KINDS
+from clefctl.commands.options import STORE, OptionsCommand, json_option, shared_options
+from clefctl.commands.options import build as options_from
 
 
 def _store(store, run_ref, workspace):
@@ -35,31 +35,10 @@ def index() -> None:
     """
 
 
-@index.command("build")
-@click.option("--store", default=None, type=click.Path(dir_okay=False), help="Store file (default: latest embed run).")
-@click.option("--run", "run_ref", default=None, help="Embed run name or folder.")
-@click.option("--kind", default="auto", show_default=True, type=click.Choice(list(INDEX_KINDS)),
-              help="Index family (auto: exact below 100k rows, else the most accurate that fits --budget).")
-@click.option("--budget", default=None, type=ByteSize(), help="Most memory the index may take, e.g. 600MB (default: the float16 "
-                                             "embeddings' size).")
-@click.option("--nlist", default=None, type=click.IntRange(min=1), help="IVF lists (default: ~4*sqrt(rows)).")
-@click.option("--nprobe", default=None, type=click.IntRange(min=1),
-              help="IVF lists probed per query (default: tuned to reach --recall on text-like queries).")
-@click.option("--recall", "target_recall", default=0.95, show_default=True,
-              type=Finite(min=0, max=1, min_open=True),
-              help="recall@10 the tuned nprobe must reach on text-like queries.")
-@click.option("--gpu", default="auto", show_default=True, type=click.Choice(["auto", "yes", "no"]),
-              help="Use GPU FAISS when it is installed and sees a GPU.")
-@click.option("--rebuild", is_flag=True, help="Build even when the saved index is fresh.")
-@click.option("--weights", default=None, help="Model for the tuning texts (default: the embed run's).")
-@click.option("--arch", default=None, help="Architecture (default: that of the embed run).")
-@click.option("--trust-checkpoint", is_flag=True,
-              help="Allow full unpickling of a trusted weights file (never taken from a config file).")
-@click.option("--prompts", default=None, help="Prompt set whose texts tune nprobe (default: the store's data set's).")
-@click.option("--workspace", default=None, type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def build(store, run_ref, kind, budget, nlist, nprobe, target_recall, gpu, rebuild, weights, arch, trust_checkpoint,
-          prompts, workspace, as_json) -> None:
+@index.command("build", cls=OptionsCommand, options="clefctl.store.index.run:IndexBuildOptions")
+@shared_options("run")
+@json_option("Print the report as JSON.")
+def build(run, as_json, **kw) -> None:
     """Build the store's index now (embed builds it too; queries never build one silently).
 
     Prints what it will build and the memory it needs first, and refuses a build that would not fit.
@@ -70,11 +49,10 @@ def build(store, run_ref, kind, budget, nlist, nprobe, target_recall, gpu, rebui
     """
     from clefctl.store.index.run import IndexBuildOptions, run_index_build
 
-    store_path, cfg = _store(store, run_ref, workspace)
-    res = run_index_build(IndexBuildOptions(
-        store=str(store_path), kind=kind, budget=budget, nlist=nlist, nprobe=nprobe, target_recall=target_recall,
-        gpu=gpu, rebuild=rebuild, config=cfg, weights=weights, arch=arch, trust_checkpoint=trust_checkpoint,
-        prompts=prompts, workspace=workspace, progress=not as_json))
+    opts = options_from(IndexBuildOptions, kw, progress=not as_json)
+    store_path, opts.config = _store(opts.store, run, opts.workspace)
+    opts.store = str(store_path)
+    res = run_index_build(opts)
     if as_json:
         click.echo(json.dumps(res, indent=2, default=str))
         return
@@ -90,11 +68,9 @@ def build(store, run_ref, kind, budget, nlist, nprobe, target_recall, gpu, rebui
 
 
 @index.command("status")
-@click.option("--store", default=None, type=click.Path(dir_okay=False), help="Store file (default: latest embed run).")
-@click.option("--run", "run_ref", default=None, help="Embed run name or folder.")
-@click.option("--workspace", default=None, type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def status(store, run_ref, workspace, as_json) -> None:
+@shared_options(*STORE, "workspace")
+@json_option("Print the report as JSON.")
+def status(store, run, workspace, as_json) -> None:
     """Show the saved index of a store and whether it is fresh for the store's rows.
 
     \b
@@ -102,7 +78,7 @@ def status(store, run_ref, workspace, as_json) -> None:
     """
     from clefctl.store.index.run import index_report
 
-    store_path, _ = _store(store, run_ref, workspace)
+    store_path, _ = _store(store, run, workspace)
     rep = index_report(store_path)
     if as_json:
         click.echo(json.dumps(rep, indent=2, default=str))

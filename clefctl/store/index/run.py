@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from clefctl.errors import ClefError
 from clefctl.store.format import EmbeddingStore
 from clefctl.store.index.build import index_paths
-from clefctl.store.index.kinds import IVF_KINDS, IndexParams, parse_size, resolve_index_kind
+from clefctl.store.index.kinds import INDEX_KINDS, IVF_KINDS, IndexParams, parse_size, resolve_index_kind
 from clefctl.store.index.load import index_status, load_index
 from clefctl.store.index.tuning import cached_text_vectors
 from clefctl.ui import say
@@ -95,19 +95,28 @@ def _tuned(st: EmbeddingStore, kind: str) -> bool:
 class IndexBuildOptions:
     """``clefctl index build``'s options (see its ``--help``)."""
 
-    store: str
-    kind: str = "auto"
-    budget: str | int | None = None      # e.g. "600MB"; None: the float16 embeddings' size
-    nlist: int | None = None
-    nprobe: int | None = None            # None: tuned for target_recall on text-like queries
-    target_recall: float = 0.95
-    gpu: str = "auto"
-    rebuild: bool = False
+    store: str = field(metadata={"shared": "store"})   # the command resolves --store / --run
+    kind: str = field(default="auto", metadata={
+        "help": "Index family (auto: exact below 100k rows, else the most accurate that fits --budget).",
+        "choices": tuple(INDEX_KINDS)})
+    budget: str | int | None = field(default=None, metadata={
+        "help": "Most memory the index may take, e.g. 600MB (default: the float16 embeddings' size).", "size": True})
+    nlist: int | None = field(default=None, metadata={"help": "IVF lists (default: ~4*sqrt(rows)).", "min": 1})
+    nprobe: int | None = field(default=None, metadata={
+        "help": "IVF lists probed per query (default: tuned to reach --recall on text-like queries).", "min": 1})
+    target_recall: float = field(default=0.95, metadata={
+        "flag": "--recall", "help": "recall@10 the tuned nprobe must reach on text-like queries.",
+        "min": 0, "max": 1, "min_open": True})
+    gpu: str = field(default="auto", metadata={
+        "help": "Use GPU FAISS when it is installed and sees a GPU.", "choices": ("auto", "yes", "no")})
+    rebuild: bool = field(default=False, metadata={"help": "Build even when the saved index is fresh."})
     config: dict | None = None           # the embed run's config.yaml (weights, arch, dataset)
-    weights: str | None = None
-    arch: str | None = None
+    weights: str | None = field(default=None, metadata={
+        "help": "Model for the tuning texts (default: the embed run's)."})
+    arch: str | None = field(default=None, metadata={"shared": "store_arch"})
     trust_checkpoint: bool = False
-    prompts: str | None = None           # prompt set for tuning texts (default: the store's data set's)
+    prompts: str | None = field(default=None, metadata={
+        "help": "Prompt set whose texts tune nprobe (default: the store's data set's)."})
     workspace: str | None = None
     progress: bool = True
 
