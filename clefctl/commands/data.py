@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from clefctl.commands.options import face_options
+from clefctl.commands.options import FACE, json_option, progress_option, shared_options
 
 from clefctl.commands.types import Finite
 
@@ -26,10 +26,7 @@ def data() -> None:
 @click.argument("inputs", nargs=-1)
 @click.option("--dataset", default=None,
               help="Build this data set's face-crop cache instead (bp4d, bp4dplus, disfa, manifest, folder).")
-@click.option("--data-root", default=None, envvar="CLEF_DATA_ROOT", type=click.Path(file_okay=False),
-              help="With --dataset: the folder holding BP4D/, DISFA/, ...")
-@click.option("--dataset-root", default=None, type=click.Path(),
-              help="With --dataset: the data set's own folder (or manifest CSV).")
+@shared_options("data_root", "dataset_root")
 @click.option("--mode", type=click.Choice(["au", "pretrain"]), default=None,
               help="With --dataset (BP4D layouts): pretrain crops the frames pre-training reads.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
@@ -46,9 +43,9 @@ def data() -> None:
 @click.option("--margin", default=0.25, show_default=True, type=Finite(min=0, max=4),
               help="Context around the face box on each side, as a fraction of the box.")
 @click.option("--no-align", is_flag=True, help="Do not align crops (no landmark template, no eye levelling).")
-@face_options
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@shared_options(*FACE)
+@progress_option()
+@json_option("Print the summary as JSON.")
 def prepare_cmd(inputs, dataset, data_root, dataset_root, mode, out_dir, size, workers, every, max_frames,
                 margin, no_align, detector, min_confidence, no_progress, as_json) -> None:
     """Crop faces: of your photos and videos (INPUTS --out DIR: crops + faces.csv), or of a whole-frame
@@ -134,9 +131,8 @@ def _prepare_dataset(dataset, data_root, dataset_root, mode, size, workers, max_
 # --- list, folds: registry and subject folds (clefctl.data, clefctl.data.folds) ----------
 
 @data.command("list")
-@click.option("--data-root", default=None, type=click.Path(file_okay=False),
-              help="Folder holding BP4D/, DISFA/, RAF-DB/, ... (default $CLEF_DATA_ROOT or ./data).")
-@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@shared_options("data_root")
+@json_option("Print the list as JSON.")
 def list_cmd(data_root, as_json) -> None:
     """List registered data sets, their folders and whether present.
 
@@ -171,17 +167,14 @@ def _subject_text(subjects: list[str], limit: int = 40) -> str:
 @click.argument("dataset")
 @click.option("--folds", "k", required=True, type=click.IntRange(min=2),
               help="Number of subject-exclusive folds.")
-@click.option("--data-root", default=None, type=click.Path(file_okay=False),
-              help="Folder holding the data sets (default $CLEF_DATA_ROOT or ./data).")
-@click.option("--dataset-root", default=None, type=click.Path(),
-              help="The data set's own folder (or CSV for manifest), overriding the data root.")
+@shared_options("data_root", "dataset_root")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed for generated folds (ties in frame count).")
 @click.option("--allow-generated", is_flag=True,
               help="Generate folds even when K differs from the canonical fold count.")
 @click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
               help="Write the folds as JSON for a run to reuse.")
-@click.option("--json", "as_json", is_flag=True, help="Print the folds as JSON.")
+@json_option("Print the folds as JSON.")
 def folds_cmd(dataset, k, data_root, dataset_root, seed, allow_generated, out_file,
               as_json) -> None:
     """Show a data set's subject-exclusive folds: subjects, frames.
@@ -238,7 +231,7 @@ _SYNTH_KINDS = ("synthetic-au", "synthetic-fer")
               help="Image side in pixels; default 128 (AU) / 100 (FER).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--force", is_flag=True, help="Regenerate even when the set is up to date.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option("Print the summary as JSON.")
 def synth_cmd(kind, out_dir, subjects, frames, size, seed, force, as_json) -> None:
     """Write the procedural synthetic faces: BP4D layout (AU) and RAF-DB layout (FER).
 
@@ -283,7 +276,7 @@ def synth_cmd(kind, out_dir, subjects, frames, size, seed, force, as_json) -> No
 @click.option("--n", default=24, show_default=True, type=click.IntRange(min=1),
               help="Number of faces.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Which faces are picked.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option()
 def sheet_cmd(dataset, root, out_png, n, seed, as_json) -> None:
     """Write a contact sheet: sample faces captioned with their active AUs or expression.
 

@@ -57,9 +57,10 @@ SHARED: dict[str, dict[str, Any]] = {
     "run": {"help": "Embed run name or folder."},
     # data
     "dataset": {"help": "Registered data set (clefctl data list)."},
-    "dataset_root": {"help": "This data set's own folder (or manifest CSV)."},
-    "data_root": {"help": "Folder holding the data sets (BP4D/, RAF-DB/, ...; default ./data).",
-                  "envvar": "CLEF_DATA_ROOT"},
+    "dataset_root": {"help": "This data set's own folder (or manifest CSV), overriding the data root.",
+                     "path": {}},
+    "data_root": {"help": "Folder holding the data sets: BP4D/, DISFA/, RAF-DB/, ... (default $CLEF_DATA_ROOT "
+                          "or ./data).", "envvar": "CLEF_DATA_ROOT", "path": {"file_okay": False}},
     # face
     "detector": {"help": "Face detector: yunet (CNN with 5 landmarks, aligned crops; `clefctl weights get "
                          "yunet`), haar (OpenCV's cascades, offline fallback), auto (yunet when its file is "

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from clefctl.commands.options import json_option, progress_option
+
 
 def _size(n) -> str:
     if n is None:
@@ -32,7 +34,7 @@ def weights() -> None:
 
 
 @weights.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
+@json_option("Print the registry as JSON.")
 def list_cmd(as_json: bool) -> None:
     """The registry: name, architecture, size and sha256 (where known), downloaded or not.
 
@@ -68,8 +70,8 @@ def list_cmd(as_json: bool) -> None:
 @weights.command("get")
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Download again even when the file is there (it must still match).")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@progress_option()
+@json_option()
 def get_cmd(name: str, force: bool, no_progress: bool, as_json: bool) -> None:
     """Download NAME into the weights folder, resuming a broken download, checking size and sha256.
 
@@ -98,7 +100,7 @@ def get_cmd(name: str, force: bool, no_progress: bool, as_json: bool) -> None:
 
 @weights.command("verify")
 @click.argument("ref")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option("Print the report as JSON.")
 def verify_cmd(ref: str, as_json: bool) -> None:
     """Size, sha256, detected format and architecture of FILE, NAME, an exported folder or hf-hub:ORG/NAME.
 
