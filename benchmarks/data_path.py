@@ -118,7 +118,8 @@ def seeding_costs(n: int = 3000) -> dict:
 def rows(frames: list[Path], crops: list[Path], per_row: int) -> dict[str, float]:
     """One round: images/s of every row."""
     from clefctl.data.images import decode_size_for
-    from clefctl.data.records import Sample, SampleDataset, open_image
+    from clefctl.data.dataset import SampleDataset
+    from clefctl.data.records import Sample, open_image
     from clefctl.data.transforms import TwoViews, train_transform
     from clefctl.engine import SeededDataset
 

@@ -230,14 +230,15 @@ def previous_query(store: str, index_path: str, weights: str) -> None:
     import faiss
 
     from clefctl.model import create
-    from clefctl.search.queries import _encode, hits_frame
+    from clefctl.search.encoding import encode_texts
+    from clefctl.search.queries import hits_frame
     from clefctl.store import EmbeddingStore
 
     model = create("ViT-B-16", weights)
     index = faiss.read_index(index_path)
     with EmbeddingStore.open(store, fingerprint=model.fingerprint) as st:
         index.nprobe = previous_params(st.count)["nprobe"]
-        scores, rows = index.search(_encode(model, [QUERY_TEXT]), 10)
+        scores, rows = index.search(encode_texts(model, [QUERY_TEXT]), 10)
         print(json.dumps(hits_frame(st, scores[0], rows[0], QUERY_TEXT)[["rank", "id"]].to_dict(orient="records")))
 
 

@@ -197,7 +197,7 @@ def _readable(scored, what: str):
 
 def _features(model, samples, limit: int = 2000, seed: int = 0):
     """Image features of up to ``limit`` readable ``samples`` (for the t-SNE plot) and their samples."""
-    from clefctl.data.records import encode_readable
+    from clefctl.data.dataset import encode_readable
     from clefctl.data.transforms import transforms_for
 
     rng = np.random.default_rng(seed)

@@ -166,7 +166,8 @@ def prepare(opts: FinetuneOptions, ws: Workspace) -> StagePlan:
     """Stage 2's training part of the data set (from memory when small), model and Eq. 6 (or linear head) task."""
     from clefctl.data.crops import crop_cache_for
     from clefctl.data.images import decode_size_for
-    from clefctl.data.records import SampleDataset, cache_images
+    from clefctl.data.dataset import SampleDataset
+    from clefctl.data.records import cache_images
     from clefctl.data.transforms import transforms_for
     from clefctl.data.weights import class_weights
 

@@ -135,7 +135,8 @@ def prepare(opts: PretrainOptions, ws: Workspace) -> StagePlan:
     """Stage 1's data (two views of each frame, from memory when small), model and Eq. 2 task."""
     from clefctl.data.crops import crop_cache_for
     from clefctl.data.images import decode_size_for
-    from clefctl.data.records import SampleDataset, cache_images
+    from clefctl.data.dataset import SampleDataset
+    from clefctl.data.records import cache_images
     from clefctl.data.transforms import TwoViews, transforms_for
     from clefctl.prompts import load_prompts
 

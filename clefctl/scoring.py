@@ -56,7 +56,7 @@ def predict_scores(model: "ClefModel", samples, extras: dict, task: str, batch_s
     Large JPEG frames are decoded reduced (:func:`clefctl.data.images.decode_size_for`)."""
     from clefctl import distributed as dist
     from clefctl.data.images import decode_size_for
-    from clefctl.data.records import encode_readable
+    from clefctl.data.dataset import encode_readable
     from clefctl.data.transforms import transforms_for
 
     samples = list(samples)

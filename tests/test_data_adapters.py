@@ -14,7 +14,8 @@ from PIL import Image
 
 import clefctl.data as registry
 from clefctl.data import affectnet, bp4d, disfa, ferplus, folder, manifest, rafdb
-from clefctl.data.records import DatasetBundle, Sample, SampleDataset, collate, open_image
+from clefctl.data.dataset import SampleDataset, collate
+from clefctl.data.records import DatasetBundle, Sample, open_image
 from clefctl.errors import ClefError
 
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from clefctl import model as M
-from clefctl.data.records import Sample, SampleDataset
+from clefctl.data.dataset import SampleDataset
+from clefctl.data.records import Sample
 from clefctl.data.transforms import train_transform
 from clefctl.engine import EpochSampler, SeededDataset, TrainConfig, Trainer
 from clefctl.engine.data import LoaderProbe

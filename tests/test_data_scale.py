@@ -15,7 +15,8 @@ from PIL import Image
 
 from clefctl.data import bp4d, index_cache, load_dataset
 from clefctl.data.images import decode_size_for, read_cropped, read_reduced, read_rgb
-from clefctl.data.records import Sample, SampleDataset, open_image
+from clefctl.data.dataset import SampleDataset
+from clefctl.data.records import Sample, open_image
 from clefctl.data.table import SampleTable
 from clefctl.errors import ClefError
 

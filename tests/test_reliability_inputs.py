@@ -134,7 +134,7 @@ def test_evaluate_checkpoint_and_official_split_count_unreadable_images(fer_run,
 
 
 def test_eval_dataset_never_substitutes_and_collate_lists_the_unreadable(broken_fer):
-    from clefctl.data.records import SampleDataset, collate
+    from clefctl.data.dataset import SampleDataset, collate
 
     bundle = load_dataset("rafdb", root=broken_fer["root"])
     test = [s for s in bundle.samples if s.split == "test"][:N_BAD + 2]

@@ -128,7 +128,8 @@ class _ToyTask:
 
 
 def _toy_dataset(n=32):
-    from clefctl.data.records import Sample, SampleDataset
+    from clefctl.data.dataset import SampleDataset
+    from clefctl.data.records import Sample
     import numpy as np
 
     samples = [Sample(id=str(i), subject=str(i), pixels=np.full((64, 64, 3), i * 7 % 255, np.uint8), label=0)

@@ -328,7 +328,7 @@ class Trainer:
         epoch and a skipped prefix before each epoch: the seeded permutation, sharded over ranks),
         and the probe that says once whether the loader keeps the model busy (on rank 0, when
         workers load batches or the device is a GPU; None otherwise)."""
-        from clefctl.data.records import collate
+        from clefctl.data.dataset import collate
 
         cfg = self.cfg
         sampler = EpochSampler(len(seeded), cfg.batch_size, cfg.seed, 0, 0, dist.rank(), dist.world_size())

@@ -19,10 +19,10 @@ Example::
     (15339, 7)
 """
 
+from clefctl.search.encoding import RESCORE_MODES, class_text_embeddings, class_texts
 from clefctl.search.queries import (HIT_COLUMNS, face_store, hits_frame, nearest_classes, nearest_with_precision,
                                     query_image, query_text, query_text_vectors, search_vectors)
-from clefctl.search.rescoring import (RESCORE_MODES, RescoreResult, check_prompts_fit, class_text_embeddings, class_texts,
-                                      fitting_prompt_sets, rescore, score_matrix)
+from clefctl.search.rescoring import RescoreResult, check_prompts_fit, fitting_prompt_sets, rescore, score_matrix
 from clefctl.search.sheets import contact_sheet_of_hits
 
 __all__ = ["query_text", "query_text_vectors", "query_image", "face_store", "search_vectors", "hits_frame",

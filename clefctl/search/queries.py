@@ -10,10 +10,15 @@ from typing import Sequence
 
 import numpy as np
 
+from clefctl.data.images import read_rgb
 from clefctl.errors import ClefError
+from clefctl.prompts import load_prompts
+from clefctl.search.encoding import class_text_embeddings, encode_texts, open_store
 from clefctl.store.format import EmbeddingStore
 from clefctl.store.layout import is_face_image_set, unit_rows
 from clefctl.store.index import IndexParams, index_for_query
+from clefctl.store.textcache import QueryTextCache
+from clefctl.weights.hub import model_prompts_file
 
 log = logging.getLogger(__name__)
 
@@ -23,27 +28,6 @@ HIT_COLUMNS = ("rank", "row", "id", "path", "subject", "score", "labels")
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
-
-
-def _open_store(store, model=None) -> tuple[EmbeddingStore, bool]:
-    """An open store (and whether we opened it); refuses a store of another model."""
-    fingerprint = getattr(model, "fingerprint", None)
-    if isinstance(store, EmbeddingStore):
-        if store.closed:
-            raise ClefError("the embedding store is closed", path=store.path)
-        if fingerprint is not None and fingerprint != store.fingerprint:
-            raise ClefError(f"store was embedded with model {store.fingerprint}, but the model "
-                            f"given is {fingerprint}", path=store.path,
-                            hint="embed the images again with this model, or load the model "
-                                 "that made this store")
-        return store, False
-    return EmbeddingStore.open(store, fingerprint=fingerprint), True
-
-
-def _encode(model, texts: Sequence[str]) -> np.ndarray:
-    out = model.encode_texts(list(texts))
-    out = out.detach().cpu().numpy() if hasattr(out, "detach") else np.asarray(out)
-    return unit_rows(out)
 
 
 def hits_frame(store: EmbeddingStore, scores: np.ndarray, rows: np.ndarray, query: str = ""):
@@ -85,7 +69,7 @@ def search_vectors(store, vectors: np.ndarray, k: int = 10, *, index: str = "aut
     Searches the store's saved index (memory-mapped); without a fresh one, small stores are
     searched exactly and larger ones get their index built first, after a warning
     (:func:`clefctl.store.index.index_for_query`; ``progress``: its progress bar)."""
-    st, own = _open_store(store)
+    st, own = open_store(store)
     try:
         if st.count == 0:
             raise ClefError("the store has no embeddings yet", path=st.path, hint="run `clefctl embed`")
@@ -116,7 +100,7 @@ def query_text(store, model, text: str | Sequence[str], k: int = 10, *, index: s
 
     Columns: rank, row, id, path, subject, score (cosine), labels, activity, frame, box_*.
     """
-    st, own = _open_store(store, None if _is_loader(model) else model)
+    st, own = open_store(store, None if _is_loader(model) else model)
     try:
         texts = [text] if isinstance(text, str) else list(text)
         if not texts or any(not str(t).strip() for t in texts):
@@ -138,8 +122,6 @@ def query_text_vectors(store: EmbeddingStore, model, texts: Sequence[str], *, ca
     query-text cache (:class:`clefctl.store.textcache.QueryTextCache`) are read from it, the
     others encoded (``model`` built first when it is a callable; a model of another fingerprint
     than the store's is refused) and added to it."""
-    from clefctl.store.textcache import QueryTextCache
-
     qc = QueryTextCache(store.path, store.fingerprint) if cache else None
     found = qc.lookup(texts) if qc is not None else {}
     missing = [t for t in dict.fromkeys(texts) if t not in found]
@@ -149,7 +131,7 @@ def query_text_vectors(store: EmbeddingStore, model, texts: Sequence[str], *, ca
             raise ClefError(f"store was embedded with model {store.fingerprint}, but the model given is "
                             f"{m.fingerprint}", path=store.path,
                             hint="embed the images again with this model, or load the model that made this store")
-        emb = _encode(m, missing)
+        emb = encode_texts(m, missing)
         found.update(zip(missing, emb))
         if qc is not None:
             qc.add(missing, emb)
@@ -188,7 +170,7 @@ def query_image(store, model, image: str | os.PathLike, k: int = 10, *, index: s
     is its box (x, y, w, h), or None when the whole image was searched (a warning when no face was
     found). ``detector``, ``min_confidence``: the ``--detector`` choice that finds it (``auto``: as the
     store's faces were found, :func:`store_detector`)."""
-    st, own = _open_store(store, model)
+    st, own = open_store(store, model)
     try:
         p = Path(str(image)).expanduser()
         query_face = None
@@ -233,7 +215,6 @@ def _encode_image_file(model, path: Path, face: bool = False, detector: str = "a
                        min_confidence: float | None = None):
     """(unit embedding (1, D), the face box searched or None) of a query image; ``face``: its largest
     face (the whole image, with a warning, when none is found)."""
-    from clefctl.data.images import read_rgb
     from clefctl.data.transforms import transforms_for
 
     try:
@@ -260,12 +241,10 @@ def nearest_classes(model, prompts, text: str, k: int = 5):
     """
     import pandas as pd
 
-    from clefctl.search.rescoring import class_text_embeddings
-
     if not str(text).strip():
         raise ClefError("the query text is empty")
     class_vecs = class_text_embeddings(model, prompts, "names", all_name_templates=True)
-    q = _encode(model, [text])[0]
+    q = encode_texts(model, [text])[0]
     scores = class_vecs @ q
     order = np.argsort(-scores, kind="stable")[: max(1, int(k))]
     return pd.DataFrame({"rank": np.arange(1, len(order) + 1),
@@ -283,8 +262,6 @@ def nearest_with_precision(model, text: str, hits, store_config: dict | None = N
     the data set it was fine-tuned on (``model.meta``) or the store was embedded from, else bp4d.
     Returns ``{"nearest": [{rank, class_id, name, score}, ...], "precision_at_k": float | None}``.
     """
-    from clefctl.prompts import load_prompts
-    from clefctl.weights.hub import model_prompts_file
 
     cfg = store_config or {}
     weights = cfg.get("weights")

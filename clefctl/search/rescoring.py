@@ -9,76 +9,16 @@ from typing import Sequence
 import numpy as np
 
 from clefctl.errors import ClefError
+from clefctl.prompts import available_prompt_sets, load_prompts
+from clefctl.search.encoding import class_text_embeddings, open_store
 from clefctl.store.format import EmbeddingStore
-from clefctl.store.layout import unit_rows
 
 log = logging.getLogger(__name__)
-
-RESCORE_MODES = ("names", "descriptions", "ensemble")
-
-
-from clefctl.search.queries import _encode, _open_store  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------------------
 # re-scoring
 # ----------------------------------------------------------------------------------------------
-
-
-def class_texts(prompts, mode: str, all_name_templates: bool = False) -> tuple[list[str], list[int]]:
-    """The texts a mode encodes and, per text, its class index."""
-    if mode not in RESCORE_MODES:
-        raise ClefError(f"unknown re-scoring mode {mode!r}", hint="use names, descriptions or ensemble")
-    texts: list[str] = []
-    owner: list[int] = []
-    if mode in ("names", "ensemble"):
-        templates = prompts.templates["name"] if (all_name_templates or mode == "ensemble") \
-            else prompts.templates["name"][:1]
-        for tpl in templates:
-            for c, t in enumerate(prompts.name_texts(tpl)):
-                texts.append(t)
-                owner.append(c)
-    if mode in ("descriptions", "ensemble"):
-        for c, group in enumerate(prompts.description_groups()):
-            texts.extend(group)
-            owner.extend([c] * len(group))
-    return texts, owner
-
-
-def _class_means(emb: np.ndarray, owner: np.ndarray, n_classes: int) -> np.ndarray:
-    out = np.zeros((n_classes, emb.shape[1]), dtype=np.float32)
-    np.add.at(out, owner, unit_rows(emb))
-    return unit_rows(out)
-
-
-def class_text_embeddings(model, prompts, mode: str = "names", *, store: EmbeddingStore | None = None,
-                          all_name_templates: bool = False) -> np.ndarray:
-    """One unit vector per prompt class (C, D) for ``mode``:
-
-    * ``names``: the label name in the (first) name template;
-    * ``descriptions``: the template ensemble of the descriptions: the mean of the normalised
-      embeddings of every description in every description template, renormalised;
-    * ``ensemble``: the renormalised sum of the name vector (mean over every name template) and
-      the description vector.
-
-    With ``store`` the text embeddings come from (and go to) its text cache.
-    """
-    if not prompts.classes:
-        raise ClefError(f"prompt set '{prompts.dataset}' has no classes to score")
-    texts, owner = class_texts(prompts, mode, all_name_templates)
-    if store is not None:
-        emb = store.text_embeddings(prompts.hash, model.fingerprint, texts,
-                                    lambda t: model.encode_texts(t))
-    else:
-        emb = _encode(model, texts)
-    owner_arr = np.asarray(owner)
-    c = len(prompts.classes)
-    if mode == "ensemble":
-        n_names = len(prompts.templates["name"]) * c
-        names = _class_means(emb[:n_names], owner_arr[:n_names], c)
-        descs = _class_means(emb[n_names:], owner_arr[n_names:], c)
-        return unit_rows(names + descs)
-    return _class_means(emb, owner_arr, c)
 
 
 @dataclass
@@ -190,7 +130,6 @@ def _few(items: Sequence[str], n: int = 6) -> str:
 
 def fitting_prompt_sets(task: str, classes: Sequence[str]) -> list[str]:
     """Shipped prompt sets of ``task`` holding every one of ``classes`` (exact sets first)."""
-    from clefctl.prompts import available_prompt_sets, load_prompts
 
     exact, cover = [], []
     for name in available_prompt_sets():
@@ -242,7 +181,7 @@ def rescore(store, model, prompts, mode: str = "names", *, logit_scale: float | 
     import time
 
     t0 = time.perf_counter()
-    st, own = _open_store(store, model)
+    st, own = open_store(store, model)
     try:
         check_prompts_fit(st, model, prompts)
         task = prompts.task if prompts.task in ("au", "fer") else (st.task or "fer")

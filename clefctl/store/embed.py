@@ -327,7 +327,7 @@ def _read_batches(samples: list, batches: list[range], transform, n_classes: int
     that differs from the requested one marks the requested image as unreadable."""
     from torch.utils.data import DataLoader
 
-    from clefctl.data.records import SampleDataset, collate
+    from clefctl.data.dataset import SampleDataset, collate
 
     ds = SampleDataset(samples, transform, n_classes, task)
     loader = DataLoader(ds, batch_sampler=batches, num_workers=workers, collate_fn=collate,
