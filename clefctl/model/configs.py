@@ -1,5 +1,5 @@
 """The convolutional stem of clefctl's small configs (``clef-tiny``, ``clef-small``). Registering the
-configs with open_clip and their shapes live in :mod:`clefctl.weights.archs` (re-exported here)."""
+configs with open_clip and their shapes live in :mod:`clefctl.weights.archs`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from typing import Sequence
 import torch
 
 from clefctl.errors import ClefError
-from clefctl.weights.archs import (CONFIG_DIR, arch_uses_quick_gelu, clef_architectures,  # noqa: F401
-                                   list_architectures, register_configs)
 
 # clefctl's own from-scratch configs replace the ViT's patchify convolution (one k x k conv with
 # stride k) by a convolutional stem: stride-2 3x3 convolutions with BatchNorm and ReLU, then a 1x1
