@@ -223,6 +223,8 @@ def shared_options(*names: str, **defaults: Any):
     def deco(f):
         for name in reversed(names):
             spec = SHARED[name]
+            if spec.get("negate"):  # the parameter is the flag's own (no_crop_cache), not the field's
+                spec = {**spec, "flag": "--no-" + name.replace("_", "-")}
             param = spec.get("flag", "--" + name).lstrip("-").replace("-", "_")
             default = defaults.get(name, spec.get("default"))
             option = make_option(param, spec, default, spec.get("type", "str"))

@@ -12,6 +12,7 @@ import json
 import click
 from click.core import ParameterSource
 
+from clefctl.commands.options import DATA, json_option, progress_option, shared_options
 from clefctl.commands.types import NON_NEGATIVE, POSITIVE, Finite
 from clefctl.engine import TrainConfig
 
@@ -64,27 +65,21 @@ def train_options(epochs: float | None, lr: float | None, warmup: float | None):
                          help="DataLoader workers (default: by machine)."),
             click.option("--max-steps", type=click.IntRange(min=1), default=None,
                          help="Stop after this many steps in total."),
-            click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)."),
-            click.option("--workspace", default=None, envvar="CLEF_WORKSPACE",
-                         help="Run folders (default ./clef_runs)."),
             click.option("--resume", default=None, is_flag=False, flag_value="latest",
                          help="Continue an unfinished run exactly: --resume (the newest unfinished run) or "
                               "--resume RUN. The run keeps its own options but those given again here."),
-            click.option("--no-progress", is_flag=True, help="No progress bar."),
-            click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+            progress_option(),
+            json_option(),
         ]
         for o in reversed(opts):
             f = o(f)
-        return f
+        return shared_options("device", "workspace")(f)
     return deco
 
 
 def data_options(default: str):
     def deco(f):
         for o in reversed([
-            click.option("--dataset", default=default, show_default=True, help="Registered data set (clefctl data list)."),
-            click.option("--data-root", default=None, envvar="CLEF_DATA_ROOT", help="Folder holding BP4D/, RAF-DB/, ..."),
-            click.option("--dataset-root", default=None, help="This data set's own folder (or manifest CSV)."),
             click.option("--prompts", default=None, help="Prompt set name or your YAML (default: the data set's)."),
             click.option("--arch", default="clef-tiny", show_default=True,
                          help="Architecture (ViT-B-16-quickgelu with FaRL weights for the paper)."),
@@ -92,12 +87,10 @@ def data_options(default: str):
                                                           " a registry name such as farl-ep64 (clefctl weights "
                                                           "list; its architecture comes with it), an exported "
                                                           "folder, hf-hub:ORG/NAME or an open_clip pretrained tag."),
-            click.option("--trust-checkpoint", is_flag=True, help="Allow full unpickling of a trusted weights file."),
-            click.option("--no-crop-cache", is_flag=True,
-                         help="Read the full frames even when a face-crop cache is ready (clefctl data prepare)."),
         ]):
             f = o(f)
-        return f
+        f = shared_options("trust_checkpoint", "crop_cache")(f)
+        return shared_options(*DATA, dataset=default)(f)
     return deco
 
 
