@@ -169,7 +169,7 @@ def prepare(opts: FinetuneOptions, ws: Workspace) -> StagePlan:
     from clefctl.data.dataset import SampleDataset
     from clefctl.data.records import cache_images
     from clefctl.data.transforms import transforms_for
-    from clefctl.data.weights import class_weights
+    from clefctl.data.class_weights import class_weights
 
     bundle, prompts, (train, test, folds, protocol) = _load_data(opts)
     model, init_desc, init = _init_model(opts, ws)

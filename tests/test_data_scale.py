@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clefctl.data import bp4d, index_cache, load_dataset
+from clefctl.data import bp4d, load_dataset, sample_index
 from clefctl.data.images import decode_size_for, read_cropped, read_reduced, read_rgb
 from clefctl.data.dataset import SampleDataset
 from clefctl.data.records import Sample, open_image
@@ -118,7 +118,7 @@ def _tree(root, subjects=("F001", "M001"), tasks=("T1", "T2"), frames=6):
 @pytest.mark.filterwarnings("ignore:.*missing on disk")
 def test_the_index_cache_is_reused_until_a_label_file_or_a_frame_folder_changes(tmp_path, monkeypatch):
     monkeypatch.setenv("CLEF_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(index_cache, "MIN_SAMPLES", 1)
+    monkeypatch.setattr(sample_index, "MIN_SAMPLES", 1)
     root = _tree(tmp_path / "BP4D")
     calls = []
     parse = bp4d._read_occ_csv
@@ -157,7 +157,7 @@ def test_small_indexes_are_not_written_and_the_cache_can_be_turned_off(tmp_path,
     root = _tree(tmp_path / "BP4D")
     load_dataset("bp4d", root=root)                          # 24 samples < MIN_SAMPLES
     assert not list((tmp_path / "cache").rglob("*.npz"))
-    monkeypatch.setattr(index_cache, "MIN_SAMPLES", 1)
+    monkeypatch.setattr(sample_index, "MIN_SAMPLES", 1)
     monkeypatch.setenv("CLEF_INDEX_CACHE", "0")
     load_dataset("bp4d", root=root)
     assert not list((tmp_path / "cache").rglob("*.npz"))

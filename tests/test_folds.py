@@ -13,7 +13,7 @@ from clefctl.data import bp4d, disfa
 from clefctl.data.folds import (Fold, describe_folds, load_folds, make_folds, official_split,
                                 samples_in_split, save_folds, split_samples)
 from clefctl.data.records import DatasetBundle, Sample
-from clefctl.data.weights import class_weights
+from clefctl.data.class_weights import class_weights
 from clefctl.errors import ClefError
 
 # Literal copies of datasets.md, so the adapters' constants are checked, not reused.

@@ -14,7 +14,7 @@ skipped, counted in ``bundle.skipped`` and listed in ``bundle.missing``.
 At BP4D+'s scale (1.5M labelled frames) the label files are parsed column-wise (pandas' C
 reader; a file it cannot vouch for is read again row by row, which names the bad line), frame
 folders are listed once each, frames with the same AU codes share one read-only ``aus`` /
-``au_mask`` array, and the result is kept in the index cache (:mod:`clefctl.data.index_cache`)
+``au_mask`` array, and the result is kept in the index cache (:mod:`clefctl.data.sample_index`)
 while the label files and frame folders are unchanged.
 
 ``mode="pretrain"`` lists every frame under ``{subject}/{task}/`` with only its task
@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from clefctl.data.index_cache import cached_bundle
+from clefctl.data.sample_index import cached_bundle
 from clefctl.data.records import (DatasetBundle, Sample, frame_names, natural_task_key,
                                   open_text, parse_aus, require_root)
 from clefctl.data.table import no_gc

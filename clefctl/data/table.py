@@ -13,7 +13,7 @@ offsets, integers and floats as arrays, same-shape arrays (``aus``, ``au_mask``)
 when every value is 0 or 1, given back in their own dtype), arrays of varying shapes (``pixels``)
 as one flat buffer with offsets and shapes, and anything else as a plain list. ``None`` is kept
 (a mask per field). :meth:`SampleTable.save` / :meth:`SampleTable.load` write and read it as one
-``.npz`` without pickles (the data set index cache, :mod:`clefctl.data.index_cache`).
+``.npz`` without pickles (the data set index cache, :mod:`clefctl.data.sample_index`).
 
 Example::
 

@@ -7,6 +7,11 @@ changing expressions; person 0 walks out of the left edge and comes back into it
 about two seconds (a re-entry), and for a short stretch the scene cuts to an empty background
 (frames without a face). Faces only partly inside the frame are marked ``ignore`` in the truth
 (neither a miss nor a false positive).
+
+Only the test suite and ``benchmarks/`` use this module; nothing in the library or the command line
+imports it. It stays in the package because the benchmarks import it from an installed clefctl
+(``benchmarks/`` is not a package and the tests' helpers are not installed), and it draws with the
+synthetic renderer, so moving it would only split the face generator from its test data.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The data set index cache: an adapter's samples, reused while its label files and folders are unchanged.
+"""The data set index cache (not a FAISS index, which is :mod:`clefctl.store.index`): an adapter's samples,
+reused while its label files and folders are unchanged.
 
 Indexing a large label tree (BP4D+: 1.5M labelled frames in 1,400 label files) parses every label
 file and lists every frame folder. :func:`cached_bundle` keeps the resulting
