@@ -327,20 +327,21 @@ def test_full_disk_in_index_build_is_one_line_and_leaves_no_shards(tmp_path, cap
     assert not list(tmp_path.glob(".faiss-shards-*")) and not B.ondisk_path(path).exists()
 
 
-@pytest.fixture(scope="module")
-def finetuned(tmp_path_factory):
-    """A finished two-step fine-tuning run of clef-tiny on the synthetic expressions."""
-    from clefctl.cli import main
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A fine-tuned-looking clefctl checkpoint of clef-tiny (what export takes)."""
+    import torch
 
-    ws = tmp_path_factory.mktemp("ft") / "ws"
-    with pytest.raises(SystemExit) as exc:
-        main(["finetune", "--dataset", "synthetic-fer", "--weights", "random", "--arch", "clef-tiny",
-              "--max-steps", "2", "--workspace", str(ws)])
-    assert exc.value.code in (0, None)
-    return ws
+    from clefctl.model import create, save_checkpoint
+
+    path = tmp_path / "ck" / "model.pt"
+    path.parent.mkdir()
+    save_checkpoint(path, create("clef-tiny"), {"stage": "finetune", "task": "fer", "classes": ["happy", "sad"]},
+                    extras={"name_embeddings": torch.nn.functional.normalize(torch.randn(2, 128), dim=-1)})
+    return path
 
 
-def test_full_disk_in_export_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, finetuned):
+def test_full_disk_in_export_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, checkpoint):
     import safetensors.torch
 
     class SafetensorError(Exception):
@@ -351,7 +352,7 @@ def test_full_disk_in_export_is_one_line_and_writes_nothing(tmp_path, capsys, mo
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     out = tmp_path / "exp"
-    code, _, err = _run(["export", "--workspace", finetuned, "--out", out], capsys)
+    code, _, err = _run(["export", checkpoint, "--out", out], capsys)
     assert code == 2 and f"{out}: the disk is full" in _one_error_line(err)
     assert not out.exists() and not list(tmp_path.glob(".exp.*"))
 
