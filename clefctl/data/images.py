@@ -35,9 +35,14 @@ def size_problem(width: int, height: int) -> str | None:
     return None
 
 
-def check_size(width: int, height: int) -> None:
-    """Raise :class:`ImageBoundsError` for an image outside the bounds of :func:`size_problem`."""
-    problem = size_problem(width, height)
+def check_size(width: int, height: int, *, faces: bool = True) -> None:
+    """Raise :class:`ImageBoundsError` for an image outside the bounds of :func:`size_problem`
+    (``faces=False``: only the pixel count, for images that go to a model, not a face detector:
+    a data set's small crops are fine there)."""
+    if faces:
+        problem = size_problem(width, height)
+    else:
+        problem = size_problem(max(width, MIN_SIDE), max(height, MIN_SIDE)) if width * height > MAX_PIXELS else None
     if problem:
         raise ImageBoundsError(problem)
 
@@ -62,7 +67,7 @@ def read_reduced(path: str | Path, min_side: int | None = None, box=None) -> tup
     to cut the reduced image."""
     with Image.open(path) as raw:
         full_w, full_h = raw.size
-        check_size(full_w, full_h)        # from the header, before any pixel is decoded
+        check_size(full_w, full_h, faces=False)   # from the header, before any pixel is decoded
         factor = _draft_factor(full_w, full_h, min_side, box) if raw.format == "JPEG" else 1
         if factor > 1:
             raw.draft(None, (-(-full_w // factor), -(-full_h // factor)))

@@ -27,7 +27,7 @@ from clefctl.data.crops.layout import (NEIGHBOUR_GAP, STATUS_FACE, STATUS_NEIGHB
 from clefctl.data.faces.align import face_crop
 from clefctl.data.faces.detect import Detection
 from clefctl.data.faces.template import eye_angle
-from clefctl.data.images import read_reduced
+from clefctl.data.images import check_size, read_reduced
 
 _STATE: dict = {}
 
@@ -43,6 +43,7 @@ def init(settings: dict) -> None:
 
 def _decode(path: str, min_side: int | None):
     img, scale = read_reduced(path, min_side)
+    check_size(round(img.width / scale), round(img.height / scale))   # the detector's bounds: counted unreadable
     return np.asarray(img), scale
 
 
