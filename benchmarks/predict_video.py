@@ -107,7 +107,7 @@ def yunet_or_exit():
     try:
         return resolve_detector("yunet")
     except ClefError as exc:
-        print(f"{os.path.basename(sys.argv[0])}: YuNet is not available ({exc.bare_message.rstrip('.')}); "
+        print(f"{os.path.basename(sys.argv[0])}: {exc.bare_message.rstrip('.')}; "
               "run `clefctl weights get yunet` first", file=sys.stderr)
         raise SystemExit(2)
 
