@@ -97,3 +97,37 @@ def test_the_bounds():
     assert "megapixels" in size_problem(20000, 10000)
     with pytest.raises(ImageBoundsError):
         check_size(3, 20000)
+
+
+def test_full_disk_in_data_prepare_is_one_line_and_leaves_no_cut_crop(media, tmp_path, monkeypatch, capsys):
+    """The disk fills while the third crop is written: one error line naming that crop, exit 2, and no
+    cut JPEG or temporary file behind (every crop is written to a temporary file, then renamed)."""
+    import errno
+
+    from clefctl import cli
+
+    real_save = Image.Image.save
+    calls = {"n": 0}
+
+    def save(self, fp, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            with open(fp, "wb") as fh:              # half a JPEG, then the disk is full
+                fh.write(b"\xff\xd8\xff\xe0" + b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    photos = []
+    for k in range(4):
+        photos.append(str(tmp_path / f"p{k}.jpg"))
+        (tmp_path / f"p{k}.jpg").write_bytes((media / "single.jpg").read_bytes())
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["data", "prepare", *photos, "--out", str(tmp_path / "c"), "--detector", "haar"])
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert exc.value.code == 2 and len(errors) == 1 and "000002_p2.jpg" in errors[0], err
+    left = sorted(p.name for p in (tmp_path / "c" / "crops").iterdir())
+    assert left == ["000000_p0.jpg", "000001_p1.jpg"]
+    for name in left:
+        Image.open(tmp_path / "c" / "crops" / name).load()      # whole JPEGs
