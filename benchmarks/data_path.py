@@ -41,6 +41,8 @@ from pathlib import Path
 
 import torch
 
+from _yunet import yunet_or_exit  # noqa: E402  (benchmarks/ is the script folder)
+
 FRAME = (1040, 1392)     # width, height of a BP4D frame
 SIZE = 224
 
@@ -54,21 +56,6 @@ def write_frames(root: Path, n: int) -> list[Path]:
     truth = write_frame_dataset(root, subjects=("F001",), tasks=("T1",), frames=n, width=FRAME[0], height=FRAME[1],
                                 face=520, quality=92, noise=3)
     return [root / rel for rel in sorted(truth, key=lambda r: int(Path(r).stem))]
-
-
-def yunet_or_exit():
-    """The resolved YuNet choice, or one line telling how to get its file (exit 2)."""
-    import sys
-
-    from clefctl.data.faces.choice import resolve_detector
-    from clefctl.errors import ClefError
-
-    try:
-        return resolve_detector("yunet")
-    except ClefError as exc:
-        print(f"{os.path.basename(sys.argv[0])}: {exc.bare_message.rstrip('.')}; "
-              "run `clefctl weights get yunet` first", file=sys.stderr)
-        raise SystemExit(2)
 
 
 def prepare_rate(root: Path, cache: Path, settings=None) -> tuple[float, list[Path], dict]:

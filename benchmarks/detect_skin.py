@@ -41,6 +41,8 @@ import time
 
 import numpy as np
 
+from _yunet import yunet_or_exit  # noqa: E402  (benchmarks/ is the script folder)
+
 BANDS = ((0, 110), (110, 140), (140, 170), (170, 200), (200, 256))
 SETTINGS = ("photos", "video", "frames")
 ANGLES = (-20, -10, 10, 20)
@@ -48,19 +50,6 @@ FACE_FREE = ("brick", "grass", "gravel", "coffee", "rocket", "chelsea", "moon", 
              "hubble_deep_field", "immunohistochemistry", "colorwheel", "retina", "cell", "logo", "page")
 # hand-checked face boxes (x, y, w, h) of scikit-image's two real photos with a face
 REAL_BOXES = {"astronaut": (176, 62, 94, 112), "camera": (198, 120, 60, 76)}
-
-
-def yunet_or_exit():
-    """The resolved YuNet choice, or one line telling how to get its file (exit 2)."""
-    from clefctl.data.faces.choice import resolve_detector
-    from clefctl.errors import ClefError
-
-    try:
-        return resolve_detector("yunet")
-    except ClefError as exc:
-        print(f"{os.path.basename(sys.argv[0])}: {exc.bare_message.rstrip('.')}; "
-              "run `clefctl weights get yunet` first", file=sys.stderr)
-        raise SystemExit(2)
 
 
 def rgb_of(im) -> np.ndarray:

@@ -48,6 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _yunet import yunet_or_exit  # noqa: E402  (benchmarks/ is the script folder)
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -97,19 +99,6 @@ def end_to_end(video: Path, out: Path, arch: str, batch: int, detector: str = "a
     return predict([video], out, weights=weights, arch=arch, prompts=("bp4d", "rafdb"), batch_size=batch,
                    progress=False, timeline=False, workspace=str(out.parent / "ws"), detector=detector,
                    max_frames=max_frames)
-
-
-def yunet_or_exit():
-    """The resolved YuNet choice, or one line telling how to get its file (exit 2)."""
-    from clefctl.data.faces.choice import resolve_detector
-    from clefctl.errors import ClefError
-
-    try:
-        return resolve_detector("yunet")
-    except ClefError as exc:
-        print(f"{os.path.basename(sys.argv[0])}: {exc.bare_message.rstrip('.')}; "
-              "run `clefctl weights get yunet` first", file=sys.stderr)
-        raise SystemExit(2)
 
 
 def write_single_person(path: Path, frames: int, textured: bool) -> int:
