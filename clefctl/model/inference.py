@@ -16,47 +16,16 @@ Example::
 from __future__ import annotations
 
 import copy
-import functools
 import itertools
 import os
-import time
 
 import torch
 
+from clefctl.cpu import cpu_has_native_bf16
 from clefctl.errors import ClefError
 
 DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU computes bfloat16 matmuls natively (AVX512-BF16 or AMX-BF16 flags,
-    or, where /proc/cpuinfo is unavailable, a bf16 matmul measured >= 1.3x faster than fp32)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags") or line.startswith("Features"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-    except OSError:
-        pass
-
-    def best(dtype) -> float:
-        a = torch.randn(256, 1024).to(dtype)
-        b = torch.randn(1024, 1024).to(dtype)
-        a @ b
-        times = []
-        for _ in range(3):
-            t = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t)
-        return min(times)
-
-    try:
-        return best(torch.float32) / best(torch.bfloat16) >= 1.3
-    except RuntimeError:
-        return False
 
 
 def inference_dtype(device, dtype: str = "auto") -> torch.dtype:

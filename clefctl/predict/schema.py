@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from clefctl.data.faces.template import LANDMARK_COLUMNS
+from clefctl.data.landmarks import LANDMARK_COLUMNS
 from clefctl.errors import ClefError
 
 BASE_COLUMNS = ("source", "frame", "face_id", "timestamp", "confidence", "success",

@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from clefctl.data.faces.template import LANDMARK_COLUMNS
+from clefctl.data.landmarks import LANDMARK_COLUMNS
 from clefctl.errors import ClefError
 from clefctl.serve.classes import ClassScores, class_mask, default_prompts, parse_class_list
 from clefctl.serve.media import MediaError, RowMedia, SourceGuard, face_image, is_video

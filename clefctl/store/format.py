@@ -29,19 +29,21 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from clefctl.data.faces.template import LANDMARK_COLUMNS
+from clefctl.data.landmarks import LANDMARK_COLUMNS
 from clefctl.errors import ClefError
 from clefctl.paths import atomic_path
 from clefctl.store._hdf5 import (WriterLock, fence, first_line, fsync_h5, h5py_module, open_reader,
                                  open_writer_h5, write_error)
 from clefctl.store.layout import (DTYPES, LANDMARKS, MEDIA_COLUMNS, STRING_COLUMNS, Columns, check_schema, grow,
                                   normalise, read_rows, read_strings, read_strings_at, write_skeleton, write_strings)
+from clefctl.store.provenance import MODEL_ATTR, parse_record
 from clefctl.store.textcache import TextCache
 
 log = logging.getLogger("clefctl.store")
 
 CHECKSUM_ROWS = 4096           # rows hashed at each end of the store for the index checksum
 STORE_SUFFIX = ".h5"
+STORE_NAME = "store.h5"        # the store's file name inside an embed run folder
 
 
 def store_filename(fingerprint: str, image_set: str) -> str:
@@ -225,8 +227,6 @@ class EmbeddingStore(TextCache):
     def model_record(self) -> dict | None:
         """What loads the model that made the store (:mod:`clefctl.store.provenance`); None for
         stores written before it was recorded."""
-        from clefctl.store.provenance import MODEL_ATTR, parse_record
-
         return parse_record(self._h5.attrs.get(MODEL_ATTR))
 
     def info(self) -> dict:

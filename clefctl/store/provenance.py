@@ -6,7 +6,9 @@ folder, an open_clip tag, or ``random``), ``arch``, ``fingerprint`` and ``sha256
 file's digest, when the model came from a file). ``query``, ``rescore``, ``serve`` and ``index build``
 use it when no ``--weights`` is given; the model loaded is then checked against the store's
 fingerprint, as any model is. Stores written before carry no record and are opened as before (the
-embed run's ``config.yaml`` beside them, or ``--weights``).
+embed run's ``config.yaml`` beside them, or ``--weights``). The store reads its record as
+:attr:`EmbeddingStore.model_record <clefctl.store.format.EmbeddingStore.model_record>`;
+:meth:`clefctl.workspace.Workspace.store_model` loads the model it names.
 """
 
 from __future__ import annotations
@@ -39,14 +41,6 @@ def parse_record(value) -> dict | None:
     return rec if isinstance(rec, dict) and rec.get("weights") else None
 
 
-def recorded_model(store_path: str | os.PathLike) -> dict | None:
-    """The model record of the store at ``store_path`` (None for a store written before records)."""
-    from clefctl.store.format import EmbeddingStore
-
-    with EmbeddingStore.open(store_path) as st:
-        return st.model_record
-
-
 def recorded_weights(store_path: str | os.PathLike, rec: dict) -> str:
     """The weights reference of ``rec``, checked to exist on this machine when it is a path."""
     w = str(rec["weights"])
@@ -58,4 +52,4 @@ def recorded_weights(store_path: str | os.PathLike, rec: dict) -> str:
     return w
 
 
-__all__ = ["MODEL_ATTR", "model_record", "parse_record", "recorded_model", "recorded_weights"]
+__all__ = ["MODEL_ATTR", "model_record", "parse_record", "recorded_weights"]

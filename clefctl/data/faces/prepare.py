@@ -13,8 +13,8 @@ from PIL import Image
 
 from clefctl.data.faces.align import CropResult, FaceCropper
 from clefctl.data.faces.inputs import expand_inputs, is_video, read_image
-from clefctl.data.faces.template import LANDMARK_COLUMNS
 from clefctl.data.faces.video import iter_video_frames, video_frame_estimate
+from clefctl.data.landmarks import LANDMARK_COLUMNS
 from clefctl.errors import ClefError
 from clefctl.paths import atomic_path
 

@@ -5,7 +5,7 @@ face-crop cache, the explorer's thumbnails) is the similarity transform (rotatio
 translation; least squares, Umeyama 1991) that carries the detector's 5 landmarks onto
 :data:`TEMPLATE`, applied to the image. The landmarks are, in order, the subject's right eye, left
 eye, nose tip, right mouth corner and left mouth corner (YuNet's order; the subject's right eye is
-on the image's left).
+on the image's left; their names and table columns: :mod:`clefctl.data.landmarks`).
 
 The template is written in units of the crop side for the default context (``margin`` 0.25): the
 eyes 0.25 of the side apart at 0.38 from the top, the nose tip at 0.52, the mouth corners at 0.67
@@ -33,10 +33,6 @@ TEMPLATE = np.array([[0.375, 0.380],
                      [0.396, 0.670],
                      [0.604, 0.670]], np.float64)
 TEMPLATE_NAME = "clef-5pt-v1"     # recorded in the crop cache's key and reports
-#: The landmarks' names, in the detector's order, and their 10 columns in every table clefctl writes
-#: (the predictions CSV, faces.csv, the store): x of each, then y of each, source pixels.
-LANDMARK_NAMES = ("right_eye", "left_eye", "nose_tip", "right_mouth", "left_mouth")
-LANDMARK_COLUMNS = tuple(f"lmk_x_{i}" for i in range(5)) + tuple(f"lmk_y_{i}" for i in range(5))
 _CENTRE = 0.5                     # a margin other than 0.25 scales the template about the crop's centre
 _BASE_MARGIN = 0.25
 

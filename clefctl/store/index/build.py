@@ -30,6 +30,7 @@ from clefctl.store.index import clustering, gpu as gpu_mod
 from clefctl.store.index.files import describe
 from clefctl.store.index.kinds import (IVF_KINDS, IndexParams, _size, default_nlist, estimate_bytes, float16_bytes,
                                        ivf_of, make_index, resident_bytes, resolve_index_kind)
+from clefctl.store.index.saved import StoreIndex, as_store, index_paths, ondisk_path, read_saved
 from clefctl.store.index.tuning import Tuner, cached_text_vectors, tuning_queries
 
 log = logging.getLogger("clefctl.store")
@@ -37,16 +38,6 @@ log = logging.getLogger("clefctl.store")
 BLOCK_ROWS = 65536             # rows read, assigned and added at a time
 SHARD_ROWS = 2_000_000         # ivf-ondisk: rows per temporary shard (~1 GB of 512-d SQ8 codes)
 ENCODER_TRAIN_ROWS = 32768     # rows the SQ8 / PQ encoders are trained on
-
-
-def index_paths(store_path: str | os.PathLike) -> tuple[Path, Path]:
-    """``(<store>.faiss, <store>.faiss.json)``."""
-    return Path(f"{store_path}.faiss"), Path(f"{store_path}.faiss.json")
-
-
-def ondisk_path(store_path: str | os.PathLike) -> Path:
-    """``<store>.faiss.ivfdata``: the lists of an ``ivf-ondisk`` index."""
-    return Path(f"{store_path}.faiss.ivfdata")
 
 
 def available_memory() -> int | None:
@@ -126,13 +117,11 @@ def build_index(store: EmbeddingStore | str | os.PathLike, kind: str = "auto", p
     ``text_vectors``: text embeddings to tune ``nprobe`` on (default: those the store has cached,
     :func:`~clefctl.store.index.tuning.cached_text_vectors`). ``announce`` receives the plan's one
     line (what, how big, how much memory) before the work starts (default: the log). Returns the
-    :class:`~clefctl.store.index.load.StoreIndex`."""
+    :class:`~clefctl.store.index.saved.StoreIndex`."""
     import faiss
 
-    from clefctl.store.index.load import StoreIndex
-
     params = params or IndexParams()
-    st, own = _as_store(store)
+    st, own = as_store(store)
     try:
         n, d = st.count, st.dim
         if n == 0:
@@ -163,8 +152,6 @@ def build_index(store: EmbeddingStore | str | os.PathLike, kind: str = "auto", p
         if own:
             st.close()
     if save and plan.kind == "ivf-ondisk":  # search the saved lists, not the merge's temporary file
-        from clefctl.store.index.load import read_saved
-
         index = read_saved(st.path, plan.kind)
     return StoreIndex(index, plan.kind, meta, params)
 
@@ -358,11 +345,5 @@ def _save(store_path, index, meta: dict, kind: str) -> int:
     return int(size)
 
 
-def _as_store(store) -> tuple[EmbeddingStore, bool]:
-    if isinstance(store, EmbeddingStore):
-        return store, False
-    return EmbeddingStore.open(store), True
-
-
-__all__ = ["BuildPlan", "build_index", "plan_build", "check_fits", "index_paths", "ondisk_path", "available_memory",
+__all__ = ["BuildPlan", "build_index", "plan_build", "check_fits", "available_memory",
            "BLOCK_ROWS", "SHARD_ROWS"]

@@ -21,7 +21,7 @@ RESCORE = 4                # bf16 candidates re-scored in float32 per row
 def _matmul_dtype():
     import torch
 
-    from clefctl.model.inference import cpu_has_native_bf16
+    from clefctl.cpu import cpu_has_native_bf16
 
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 

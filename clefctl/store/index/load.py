@@ -1,9 +1,8 @@
 """Opening a store's saved index: freshness, memory-mapped reads, GPUs, and what a query does
 when there is no fresh index.
 
-A saved index is read with FAISS's ``IO_FLAG_MMAP_IFC`` (the codes stay in the file and pages are
-read when a search touches them: a cold query maps the index instead of reading all of it), an
-``ivf-ondisk`` index with its lists in ``<store>.faiss.ivfdata`` (``IO_FLAG_ONDISK_SAME_DIR``).
+A saved index is memory-mapped (:mod:`~clefctl.store.index.saved`): a cold query maps the index
+instead of reading all of it.
 
 Before FAISS is given the files, :func:`index_status` compares their sizes and checksums with those
 recorded at the save (:mod:`~clefctl.store.index.files`): a cut or changed file makes the index stale,
@@ -17,7 +16,6 @@ and saved first, after a warning that says so and how to build it ahead (``clefc
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -27,60 +25,14 @@ import numpy as np
 
 from clefctl.store.format import EmbeddingStore
 from clefctl.store.index import gpu as gpu_mod
-from clefctl.store.index.build import _as_store, build_index, index_paths, ondisk_path
+from clefctl.store.index.build import build_index
 from clefctl.store.index.files import DAMAGED, damage
-from clefctl.store.index.kinds import FLAT_LIMIT, IndexParams, ivf_of
+from clefctl.store.index.kinds import FLAT_LIMIT, IndexParams
+from clefctl.store.index.saved import StoreIndex, as_store, index_paths, ondisk_path, read_saved
 
 log = logging.getLogger("clefctl.store")
 
 EXACT_QUERY_LIMIT = FLAT_LIMIT     # a query without a fresh index searches exactly up to this many rows
-
-
-class StoreIndex:
-    """A FAISS inner-product index over a store's rows (cosine: the rows are unit vectors)."""
-
-    def __init__(self, index, kind: str, meta: dict, params: IndexParams | None = None, *, mapped: bool = False):
-        self.index = index
-        self.kind = kind
-        self.meta = meta
-        self.params = copy.copy(params or IndexParams())
-        self.mapped = mapped
-        if self.params.nprobe is None:
-            self.params.nprobe = int(meta.get("params", {}).get("nprobe", 16))
-        self.on_gpu = False
-        self._apply_search_params(index)
-
-    def _apply_search_params(self, index) -> None:
-        import faiss
-
-        if self.kind == "hnsw":
-            faiss.downcast_index(index).hnsw.efSearch = int(self.params.ef_search)
-            return
-        ivf = ivf_of(index) if not self.on_gpu else None
-        if ivf is not None:
-            ivf.nprobe = int(self.params.nprobe)
-        elif hasattr(index, "nprobe"):
-            index.nprobe = int(self.params.nprobe)
-
-    @property
-    def ntotal(self) -> int:
-        return int(self.index.ntotal)
-
-    @property
-    def nbytes(self) -> int:
-        """The index's size as saved (bytes)."""
-        return int(self.meta.get("bytes", 0))
-
-    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """(scores (Q, k) float32, rows (Q, k) int64); rows are -1 where fewer than k exist."""
-        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.index.d))
-        k = int(max(1, min(k, max(1, self.ntotal))))
-        scores, rows = self.index.search(q, k)
-        return scores, rows.astype(np.int64)
-
-    def set_nprobe(self, nprobe: int) -> None:
-        self.params.nprobe = int(nprobe)
-        self._apply_search_params(self.index)
 
 
 class ExactIndex:
@@ -138,15 +90,6 @@ def index_status(store: EmbeddingStore, kind: str = "auto", params: IndexParams 
     return True, "fresh"
 
 
-def read_saved(store_path, kind: str):
-    """The saved FAISS index, memory-mapped (see the module docstring)."""
-    import faiss
-
-    faiss_path, _ = index_paths(store_path)
-    flags = faiss.IO_FLAG_ONDISK_SAME_DIR if kind == "ivf-ondisk" else faiss.IO_FLAG_MMAP_IFC
-    return faiss.read_index(str(faiss_path), flags)
-
-
 def _load_fresh(st: EmbeddingStore, params: IndexParams) -> "StoreIndex | None":
     """The saved index when it reads back with the store's row count (None otherwise). Call it only
     after :func:`index_status` said fresh: that checks the files' sizes and checksums first."""
@@ -178,7 +121,7 @@ def load_index(store: EmbeddingStore | str | os.PathLike, kind: str = "auto", pa
     log line says why; ``announce`` gets the build's plan, see :func:`build_index`). Moved to the
     GPUs where faiss sees them (``params.gpu``)."""
     params = params or IndexParams()
-    st, own = _as_store(store)
+    st, own = as_store(store)
     try:
         fresh, reason = (False, "rebuild requested") if rebuild else index_status(st, kind, params)
         result = _load_fresh(st, params) if fresh else None
@@ -216,5 +159,4 @@ def index_for_query(store: EmbeddingStore, kind: str = "auto", params: IndexPara
     return _to_gpus(built, params)
 
 
-__all__ = ["StoreIndex", "ExactIndex", "index_status", "load_index", "index_for_query", "read_saved",
-           "EXACT_QUERY_LIMIT"]
+__all__ = ["ExactIndex", "index_status", "load_index", "index_for_query", "EXACT_QUERY_LIMIT"]

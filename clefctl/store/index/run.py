@@ -124,16 +124,8 @@ class IndexBuildOptions:
 def _text_model(opts: IndexBuildOptions):
     from clefctl.workspace import Workspace
 
-    from clefctl.store.provenance import recorded_model, recorded_weights
-
-    cfg = opts.config or {}
-    rec = recorded_model(opts.store) if opts.weights is None else None
-    w = opts.weights if opts.weights is not None else (recorded_weights(opts.store, rec) if rec else cfg.get("weights"))
-    if w is None:
-        return None
-    a = opts.arch or (rec or {}).get("arch") or cfg.get("arch") or "ViT-B-16"
-    return Workspace(opts.workspace).resolve_model(w, arch=a).load(trust_checkpoint=opts.trust_checkpoint,
-                                                                   default_arch=a, towers="text")
+    return Workspace(opts.workspace).store_model(opts.store, opts.config, weights=opts.weights, arch=opts.arch,
+                                                 trust_checkpoint=opts.trust_checkpoint, towers="text", required=False)
 
 
 def run_index_build(opts: IndexBuildOptions) -> dict:
