@@ -14,7 +14,10 @@ Layout (default root ``./clef_runs``; ``--workspace`` / ``$CLEF_WORKSPACE``)::
         model.pt                      the final clefctl checkpoint (``clefctl.model.create`` loads it)
       finetune/...  evaluate/...  embed/...
 
-``latest`` lets ``pretrain -> finetune -> evaluate -> embed -> query`` run without flags.
+``latest`` lets ``pretrain -> finetune -> evaluate -> embed -> query`` run without flags. The
+workspace answers "which model?" (:meth:`Workspace.resolve_model`), "which store?"
+(:meth:`Workspace.resolve_store`) and "which model made it?" (:meth:`Workspace.store_model`) for every
+command.
 
 A training run writes ``status.json`` (atomically) when it starts (``running``) and when it ends:
 ``finished`` once ``model.pt`` and its results are written, ``interrupted`` after a deliberate stop,
@@ -27,6 +30,7 @@ the stage (:meth:`Workspace.resume_target`) and refuses a finished one. Folders 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -40,6 +44,8 @@ import yaml
 
 from clefctl import paths
 from clefctl.errors import ClefError, Interrupted
+from clefctl.store.format import STORE_NAME, EmbeddingStore
+from clefctl.store.provenance import recorded_weights
 from clefctl.weights import hub
 from clefctl.weights.reference import parse_weights
 
@@ -339,6 +345,49 @@ class Workspace:
         if named is not None:
             return ModelChoice(*named)
         return ModelChoice(str(ref), arch, f"weights {ref}")
+
+    def resolve_store(self, store: str | os.PathLike | None = None, run: str | None = None) -> tuple[Path, dict]:
+        """The one answer to "which store?": the file ``store``, else the store of the embed run
+        ``run`` (a run name or folder; None: the latest embed run), with that run's ``config.yaml``
+        (``{}`` for a store outside an embed run)."""
+        if store:
+            p = Path(store)
+            if not p.is_file():
+                raise ClefError("embedding store not found" if not p.exists() else "not a file: a store is one .h5 file",
+                                path=p, hint="check the path, or create the store with `clefctl embed`")
+            return p, Run(p.parent, "embed").config() if (p.parent / "config.yaml").is_file() else {}
+        found = self.resolve("embed", run) if run else self.latest("embed")
+        if found is None:
+            raise ClefError(f"no embed run in workspace {self.root}",
+                            hint="run `clefctl embed --dataset NAME` first, or pass --store FILE")
+        cfg = found.config()
+        return found.path / cfg.get("store", STORE_NAME), cfg
+
+    def store_model(self, store_path: str | os.PathLike, config: dict | None = None, *, weights: str | None = None,
+                    arch: str | None = None, trust_checkpoint: bool = False, towers: str = "both",
+                    lazy: bool = False, required: bool = True):
+        """The one answer to "which model made this store?": ``weights``/``arch`` when given, else the
+        model recorded in the store (:mod:`clefctl.store.provenance`), else that of its embed run's
+        ``config`` (stores written before the record), loaded through :meth:`resolve_model`
+        (``towers="text"``: the text tower only; ``lazy``: the weights are resolved now and a callable
+        that builds the model is returned). A store whose model is unknown is a ClefError, or None
+        when not ``required``."""
+        cfg = config or {}
+        rec = None
+        if weights is None:
+            with EmbeddingStore.open(store_path) as st:
+                rec = st.model_record
+        w = weights if weights is not None else (recorded_weights(store_path, rec) if rec else cfg.get("weights"))
+        if w is None:
+            if not required:
+                return None
+            raise ClefError("the store's model is unknown (the store was written before stores recorded their "
+                            "model, and no embed run's config.yaml is beside it)", path=store_path,
+                            hint="pass --weights (and --arch) of the model that made the store")
+        a = arch or (rec or {}).get("arch") or cfg.get("arch") or "ViT-B-16"
+        load = functools.partial(self.resolve_model(w, arch=a).load, trust_checkpoint=trust_checkpoint,
+                                 default_arch=a, towers=towers)
+        return load if lazy else load()
 
     def resolve(self, stage: str, ref: str | None) -> Run | None:
         """``None``/``latest`` -> the latest run; a run name or a folder path -> that run."""

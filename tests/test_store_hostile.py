@@ -174,8 +174,8 @@ def test_a_store_records_its_model_and_opens_from_any_folder(tmp_path, monkeypat
 
     import torch
 
-    from clefctl.commands.query import store_model
     from clefctl.model import create
+    from clefctl.workspace import Workspace
 
     weights = tmp_path / "w" / "W.pt"
     weights.parent.mkdir()
@@ -194,7 +194,7 @@ def test_a_store_records_its_model_and_opens_from_any_folder(tmp_path, monkeypat
     code, stdout, err = _run(["query", "a happy face", "--store", out, "-k", "2", "--json"], capsys)
     assert code == 0, err                                   # the old code: "the store's model is unknown"
     assert len(json.loads(stdout)["hits"]) == 2
-    assert store_model(out, {}, None, None, False).fingerprint == fp      # what serve and rescore load
+    assert Workspace().store_model(out, {}).fingerprint == fp             # what serve and rescore load
     code, _, err = _run(["query", "a happy face", "--store", "missing.h5"], capsys)
     assert code == 2 and "missing.h5: embedding store not found" in err and "model" not in err
     weights.rename(tmp_path / "w" / "moved.pt")

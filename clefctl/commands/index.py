@@ -12,10 +12,9 @@ from clefctl.commands.options import build as options_from
 
 
 def _store(store, run_ref, workspace):
-    from clefctl.commands.query import resolve_store
     from clefctl.workspace import Workspace
 
-    return resolve_store(store, run_ref, Workspace(workspace))
+    return Workspace(workspace).resolve_store(store, run_ref)
 
 
 def _mb(nbytes) -> str:

@@ -1,13 +1,14 @@
 """``clefctl query`` and ``clefctl rescore``: search an embedding store, re-score it against prompts.
 
 Thin wrappers over :mod:`clefctl.search`. Both read the store of the latest embed run (or
-``--store`` / ``--run``) with the model recorded in its ``config.yaml``; ``query`` embeds the latest
-fine-tuning run's data set first (:func:`clefctl.store.run_embed`) when there is no store yet.
+``--store`` / ``--run``: :meth:`Workspace.resolve_store <clefctl.workspace.Workspace.resolve_store>`)
+with the model that made it (:meth:`Workspace.store_model <clefctl.workspace.Workspace.store_model>`);
+``query`` embeds the latest fine-tuning run's data set first (:func:`clefctl.embed.run_embed`) when
+there is no store yet.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -27,27 +28,6 @@ def _embed_first(workspace) -> None:
     if res.main:
         for line in summary_lines(res):
             click.echo(line, err=True)
-
-
-def resolve_store(store: str | None, run_ref: str | None, workspace) -> tuple[Path, dict]:
-    """``--store FILE``, else the store of ``--run`` / the latest embed run, with its config."""
-    from clefctl.store.embed import STORE_NAME
-    from clefctl.workspace import Run
-
-    if store:
-        p = Path(store)
-        if not p.is_file():
-            raise ClefError("embedding store not found" if not p.exists() else "not a file: a store is one .h5 file",
-                            path=p, hint="check the path, or create the store with `clefctl embed`")
-        cfg_path = p.parent / "config.yaml"
-        cfg = Run(p.parent, "embed").config() if cfg_path.is_file() else {}
-        return p, cfg
-    run = workspace.resolve("embed", run_ref) if run_ref else workspace.latest("embed")
-    if run is None:
-        raise ClefError(f"no embed run in workspace {workspace.root}",
-                        hint="run `clefctl embed --dataset NAME` first, or pass --store FILE")
-    cfg = run.config()
-    return run.path / cfg.get("store", STORE_NAME), cfg
 
 
 @click.command("query")
@@ -85,13 +65,14 @@ def query(text, image, whole_image, k, store, run, weights, arch, trust_checkpoi
     ws = Workspace(workspace)
     if store is None and run is None and ws.latest("embed") is None:
         _embed_first(workspace)
-    store_path, cfg = resolve_store(store, run, ws)
+    store_path, cfg = ws.resolve_store(store, run)
     if text is not None:  # the text tower only, built only when the query text is not cached already
         eager = weights is not None or show_classes   # an explicit model is checked against the store
-        model = store_model(store_path, cfg, weights, arch, trust_checkpoint, workspace, towers="text", lazy=not eager)
+        model = ws.store_model(store_path, cfg, weights=weights, arch=arch, trust_checkpoint=trust_checkpoint,
+                               towers="text", lazy=not eager)
         hits = query_text(store_path, model, text, k=k, index=index_kind, progress=True)
     else:
-        model = store_model(store_path, cfg, weights, arch, trust_checkpoint, workspace)
+        model = ws.store_model(store_path, cfg, weights=weights, arch=arch, trust_checkpoint=trust_checkpoint)
         hits = query_image(store_path, model, image, k=k, index=index_kind, progress=True,
                            face=False if whole_image else None, detector=detector, min_confidence=min_confidence)
         if hits.attrs.get("query_face") is not None and not as_json:
@@ -165,27 +146,6 @@ def _cell(column: str, value) -> str:
     return str(value)
 
 
-def store_model(store_path: Path, cfg: dict, weights: str | None, arch: str | None, trust_checkpoint: bool,
-                workspace=None, towers: str = "both", lazy: bool = False):
-    """The model that made a store: ``--weights``/``--arch`` when given, else the model recorded in the
-    store (:mod:`clefctl.store.provenance`), else that of its embed run's ``config.yaml`` (stores written
-    before the record), through the workspace's model resolver (``towers="text"``: the text tower only;
-    ``lazy``: the weights are resolved now, and a callable that builds the model is returned)."""
-    from clefctl.store.provenance import recorded_model, recorded_weights
-    from clefctl.workspace import Workspace
-
-    rec = recorded_model(store_path) if weights is None else None
-    w = weights if weights is not None else (recorded_weights(store_path, rec) if rec else cfg.get("weights"))
-    if w is None:
-        raise ClefError("the store's model is unknown (the store was written before stores recorded their "
-                        "model, and no embed run's config.yaml is beside it)", path=store_path,
-                        hint="pass --weights (and --arch) of the model that made the store")
-    a = arch or (rec or {}).get("arch") or cfg.get("arch") or "ViT-B-16"
-    choice = Workspace(workspace).resolve_model(w, arch=a)
-    load = functools.partial(choice.load, trust_checkpoint=trust_checkpoint, default_arch=a, towers=towers)
-    return load if lazy else load()
-
-
 @click.command("rescore")
 @click.option("--prompts", "prompts_ref", required=True, help="Prompt set name or your edited YAML.")
 @click.option("--mode", type=click.Choice(["names", "descriptions", "ensemble"]), default="names", show_default=True,
@@ -211,8 +171,8 @@ def rescore(prompts_ref, mode, store, run, weights, arch, trust_checkpoint, out_
     from clefctl.workspace import Workspace
 
     ws = Workspace(workspace)
-    store_path, cfg = resolve_store(store, run, ws)
-    model = store_model(store_path, cfg, weights, arch, trust_checkpoint, workspace)
+    store_path, cfg = ws.resolve_store(store, run)
+    model = ws.store_model(store_path, cfg, weights=weights, arch=arch, trust_checkpoint=trust_checkpoint)
     prompts = load_prompts(prompts_ref)
     with EmbeddingStore.open(store_path, fingerprint=model.fingerprint) as st:
         res = run_rescore(st, model, prompts, mode)

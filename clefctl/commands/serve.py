@@ -26,17 +26,18 @@ def serve(run, no_progress, as_json, **kw) -> None:
              clefctl serve --store s.h5 --weights model.pt --port 9000
              curl 'http://127.0.0.1:8765/api/search?q=raised+inner+brows&k=5'
     """
-    from clefctl.commands.query import resolve_store, store_model
     from clefctl.serve import ServeOptions, run_serve
     from clefctl.serve.server import require_server_packages
     from clefctl.workspace import Workspace
 
     require_server_packages()
     opts = build(ServeOptions, kw, progress=not no_progress and not as_json)
-    opts.store, opts.config = resolve_store(opts.store, run, Workspace(opts.workspace))
+    ws = Workspace(opts.workspace)
+    opts.store, opts.config = ws.resolve_store(opts.store, run)
     if not opts.store.is_file():  # before the model loads
         raise ClefError("embedding store not found", path=opts.store, hint="create it with `clefctl embed`")
-    opts.model = store_model(opts.store, opts.config, opts.weights, opts.arch, opts.trust_checkpoint, opts.workspace)
+    opts.model = ws.store_model(opts.store, opts.config, weights=opts.weights, arch=opts.arch,
+                                trust_checkpoint=opts.trust_checkpoint)
 
     def ready(rec: dict) -> None:
         if as_json:

@@ -26,8 +26,9 @@ from clefctl.errors import ClefError
 
 @dataclass
 class ServeOptions:
-    """What ``clefctl serve`` takes. ``model``: an already loaded model (else ``weights``/``arch``
-    through :meth:`Workspace.resolve_model`, default the store's embed run's). ``config``: the embed
+    """What ``clefctl serve`` takes. ``model``: an already loaded model (else the store's model,
+    :meth:`Workspace.store_model <clefctl.workspace.Workspace.store_model>`: ``weights``/``arch`` when
+    given, else the model recorded in the store or its embed run's). ``config``: the embed
     run's config.yaml (its ``weights`` and data set pick the model and the prompt set).
     ``on_ready`` is called with the start record (url, host, port, token, store, rows) once the
     socket listens, before requests are served."""
@@ -112,13 +113,8 @@ def _model(opts: ServeOptions):
         return opts.model
     from clefctl.workspace import Workspace
 
-    w = opts.weights if opts.weights is not None else opts.config.get("weights")
-    if w is None:
-        raise ClefError("the store's model is unknown (it was not written by an embed run)", path=opts.store,
-                        hint="pass --weights (and --arch) of the model that made the store")
-    a = opts.arch or opts.config.get("arch") or "ViT-B-16"
-    return Workspace(opts.workspace).resolve_model(w, arch=a).load(trust_checkpoint=opts.trust_checkpoint,
-                                                                   default_arch=a)
+    return Workspace(opts.workspace).store_model(opts.store, opts.config, weights=opts.weights, arch=opts.arch,
+                                                 trust_checkpoint=opts.trust_checkpoint)
 
 
 def start_record(explorer, sock: socket.socket, host: str, token: str | None) -> dict:
