@@ -52,6 +52,19 @@ def device_info() -> dict:
     return info
 
 
+def face_detector() -> dict:
+    """Which face detector ``--detector auto`` runs now, without downloading anything: YuNet when its
+    file is in the weights folder, else the Haar cascades (and how to get YuNet)."""
+    from clefctl.weights import registry
+
+    e = registry.entry("yunet")
+    path = registry.local_path(e)
+    if path is not None and path.stat().st_size == e.size:
+        return {"auto": "yunet", "yunet": str(path)}
+    return {"auto": "yunet after its download (else haar)", "yunet": None,
+            "hint": "clefctl weights get yunet"}
+
+
 def _safe(fn, default):
     try:
         return fn()
@@ -86,6 +99,7 @@ def collect() -> dict:
         "executable": sys.executable,
         "device": device_info(),
         "faiss": faiss_build(),
+        "face_detector": _safe(face_detector, None),
         "locations": {
             "data_root": str(paths.data_root().resolve()),
             "cache": str(paths.cache_dir()),

@@ -48,6 +48,7 @@ def test_info_json_is_truthful():
     from clefctl.data.crops import cache_base
 
     assert info["locations"]["crop_cache"] == str(cache_base())
+    assert info["face_detector"]["yunet"] is None and "weights get yunet" in info["face_detector"]["hint"]  # none here
 
 
 @pytest.mark.parametrize("argv, fragment", [

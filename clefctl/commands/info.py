@@ -34,6 +34,10 @@ def info(as_json: bool) -> None:
     fa = report["faiss"]
     t.add_row("faiss", f"{fa.get('version')} ({fa.get('build')} build, {fa.get('gpus_visible', 0)} GPUs visible)"
               if fa.get("available") else f"not importable: {fa.get('error')}")
+    fd = report.get("face_detector") or {}
+    t.add_row("face detector", f"YuNet: {fd['yunet']}" if fd.get("yunet") else
+              f"YuNet not downloaded (`{fd.get('hint', 'clefctl weights get yunet')}`): --detector auto fetches it "
+              "on first use, else the Haar cascades run")
     for k, v in report["locations"].items():
         t.add_row(k.replace("_", " "), v)
     pr = report["prompts"]
