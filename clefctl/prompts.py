@@ -32,6 +32,9 @@ TEMPLATE_KEYS = ("name", "description", "activity")
 CLASS_KEYS = ("id", "name", "descriptions")
 ACTIVITY_KEYS = ("id", "descriptions")
 # template kind -> the one placeholder its templates must contain
+#: The class texts a prompt set gives (:func:`class_texts`): label names, descriptions, or both (the template
+#: ensemble); ``rescore``, ``predict --prompt-mode`` and the explorer take these.
+RESCORE_MODES = ("names", "descriptions", "ensemble")
 PLACEHOLDERS = {"name": "name", "description": "description", "activity": "activity"}
 
 _NULL_TAG = "tag:yaml.org,2002:null"
@@ -430,6 +433,27 @@ def load_prompts(name_or_path: str | os.PathLike) -> PromptSet:
         return _load_file(Path(name))
     raise ClefError(f"unknown prompt set '{name}'; shipped: {', '.join(shipped) or 'none'}",
                     hint="or give the path of your own prompt YAML")
+
+
+def class_texts(prompts: PromptSet, mode: str, all_name_templates: bool = False) -> tuple[list[str], list[int]]:
+    """The texts a mode (:data:`RESCORE_MODES`) encodes and, per text, its class index (re-scoring, search
+    classes, the texts an index is tuned on)."""
+    if mode not in RESCORE_MODES:
+        raise ClefError(f"unknown re-scoring mode {mode!r}", hint="use names, descriptions or ensemble")
+    texts: list[str] = []
+    owner: list[int] = []
+    if mode in ("names", "ensemble"):
+        templates = prompts.templates["name"] if (all_name_templates or mode == "ensemble") \
+            else prompts.templates["name"][:1]
+        for tpl in templates:
+            for c, t in enumerate(prompts.name_texts(tpl)):
+                texts.append(t)
+                owner.append(c)
+    if mode in ("descriptions", "ensemble"):
+        for c, group in enumerate(prompts.description_groups()):
+            texts.extend(group)
+            owner.extend([c] * len(group))
+    return texts, owner
 
 
 def _load_file(path: Path) -> PromptSet:

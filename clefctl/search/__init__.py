@@ -19,7 +19,8 @@ Example::
     (15339, 7)
 """
 
-from clefctl.search.encoding import RESCORE_MODES, class_text_embeddings, class_texts
+from clefctl.prompts import RESCORE_MODES, class_texts
+from clefctl.search.encoding import class_text_embeddings
 from clefctl.search.queries import (HIT_COLUMNS, face_store, hits_frame, nearest_classes, nearest_with_precision,
                                     query_image, query_text, query_text_vectors, search_vectors)
 from clefctl.search.rescoring import RescoreResult, check_prompts_fit, fitting_prompt_sets, rescore, score_matrix

@@ -1,7 +1,8 @@
 """What text and image queries (:mod:`.queries`) and re-scoring (:mod:`.rescoring`) share: a store
 opened for the model that encodes against it (:func:`open_store`), texts encoded to unit rows
-(:func:`encode_texts`), and the prompt classes' texts and text vectors (:func:`class_texts`,
-:func:`class_text_embeddings`; ``names``, ``descriptions`` or ``ensemble``, :data:`RESCORE_MODES`).
+(:func:`encode_texts`), and the prompt classes' text vectors (:func:`class_text_embeddings`; ``names``,
+``descriptions`` or ``ensemble``, :data:`clefctl.prompts.RESCORE_MODES`, of the texts
+:func:`clefctl.prompts.class_texts` lists).
 
 Example::
 
@@ -17,11 +18,9 @@ from typing import Sequence
 import numpy as np
 
 from clefctl.errors import ClefError
+from clefctl.prompts import class_texts
 from clefctl.store.format import EmbeddingStore
 from clefctl.store.layout import unit_rows
-
-RESCORE_MODES = ("names", "descriptions", "ensemble")
-
 
 def open_store(store, model=None) -> tuple[EmbeddingStore, bool]:
     """An open store (and whether we opened it); refuses a store of another model."""
@@ -44,26 +43,6 @@ def encode_texts(model, texts: Sequence[str]) -> np.ndarray:
     out = model.encode_texts(list(texts))
     out = out.detach().cpu().numpy() if hasattr(out, "detach") else np.asarray(out)
     return unit_rows(out)
-
-
-def class_texts(prompts, mode: str, all_name_templates: bool = False) -> tuple[list[str], list[int]]:
-    """The texts a mode encodes and, per text, its class index."""
-    if mode not in RESCORE_MODES:
-        raise ClefError(f"unknown re-scoring mode {mode!r}", hint="use names, descriptions or ensemble")
-    texts: list[str] = []
-    owner: list[int] = []
-    if mode in ("names", "ensemble"):
-        templates = prompts.templates["name"] if (all_name_templates or mode == "ensemble") \
-            else prompts.templates["name"][:1]
-        for tpl in templates:
-            for c, t in enumerate(prompts.name_texts(tpl)):
-                texts.append(t)
-                owner.append(c)
-    if mode in ("descriptions", "ensemble"):
-        for c, group in enumerate(prompts.description_groups()):
-            texts.extend(group)
-            owner.extend([c] * len(group))
-    return texts, owner
 
 
 def _class_means(emb: np.ndarray, owner: np.ndarray, n_classes: int) -> np.ndarray:
