@@ -11,7 +11,7 @@ Both paths embed the same images with the same model and batch size:
 It prints images/s, the speed-up (target >= 1.8x for ViT-B-16 on 2 cores), the cosine between
 the two paths' embeddings (target >= 0.995) and each path's fraction of the matmul ceiling,
 measured in the same run with a large fp32 and bf16 matmul. With ``--end-to-end`` it also times
-``clefctl.store.embed_into_store`` against the plain loop on image files (decode + preprocess +
+``clefctl.embed.embed_into_store`` against the plain loop on image files (decode + preprocess +
 encode + store).
 
 Usage::
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
 
     if args.end_to_end:
         from clefctl.data.records import Sample
-        from clefctl.store import embed_into_store
+        from clefctl.embed import embed_into_store
 
         with tempfile.TemporaryDirectory() as tmp:
             samples = []

@@ -123,7 +123,7 @@ def _faces(folder: Path, n: int, c: Check) -> Path:
 
 def embed(c: Check) -> dict:
     from clefctl.model import create
-    from clefctl.store.embed import EmbedOptions, run_embed
+    from clefctl.embed.run import EmbedOptions, run_embed
 
     arch = "clef-tiny" if c.dry else "ViT-B-16"
     model = create(arch, device=c.device)

@@ -26,7 +26,7 @@ def build_serve_store(root: Path, outside_link: bool = True) -> dict:
     from clefctl.data.records import Sample
     from clefctl.model import create, save_checkpoint
     from clefctl.prompts import load_prompts
-    from clefctl.store import embed_into_store
+    from clefctl.embed import embed_into_store
 
     root = Path(root)
     images, outside = root / "faces", root / "outside"

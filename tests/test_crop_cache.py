@@ -243,7 +243,7 @@ def test_cli_prepare_dataset_json_and_usage_errors(frames):
 
 def test_evaluate_and_embed_read_the_crops(frames, tmp_path):
     from clefctl.evaluate import evaluate_checkpoint
-    from clefctl.store.embed import EmbedOptions, run_embed
+    from clefctl.embed.run import EmbedOptions, run_embed
 
     root, _ = frames
     ws = str(tmp_path / "ws")

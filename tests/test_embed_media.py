@@ -86,7 +86,7 @@ def test_an_interrupted_embed_resumes_to_the_same_store(media, tmp_path, monkeyp
     import clefctl.data.faces as pipeline
     from clefctl.model import create
     from clefctl.store import EmbeddingStore
-    from clefctl.store.media import embed_media_into_store
+    from clefctl.embed.media import embed_media_into_store
 
     d, _ = media
     model = create("clef-tiny")
@@ -145,7 +145,7 @@ def test_stores_without_the_face_columns_still_read(tmp_path):
 def test_a_media_store_index_is_tuned_on_the_texts_of_the_models_data_set():
     from types import SimpleNamespace
 
-    from clefctl.store.media import media_prompts
+    from clefctl.embed.media import media_prompts
 
     assert media_prompts(SimpleNamespace(meta={"dataset": "rafdb"})) == "rafdb"
     assert media_prompts(SimpleNamespace(meta={})) == "bp4d" and media_prompts(object()) == "bp4d"

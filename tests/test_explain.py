@@ -360,7 +360,7 @@ def test_cli_user_errors(tmp_path):
 
 def test_cli_explains_a_stored_image_by_id(tiny, synth, tmp_path):
     from clefctl.data import load_dataset
-    from clefctl.store import embed_into_store
+    from clefctl.embed import embed_into_store
 
     bundle = load_dataset("rafdb", root=synth["fer"])
     samples = bundle.samples[:4]

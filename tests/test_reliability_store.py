@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clefctl import embed as E
 from clefctl import store as S
 from clefctl.cli import main
 from clefctl.data.records import Sample
@@ -294,13 +295,13 @@ def test_chunks_commit_at_multiples_of_the_chunk_size(tmp_path, model, monkeypat
     path = tmp_path / "c.h5"
     kw = dict(batch_size=64, progress=False, image_set="px", task="fer", classes=["a", "b"],
               num_workers=0)
-    S.embed_into_store(model, samples[:150], path, chunk_size=150, **kw)
+    E.embed_into_store(model, samples[:150], path, chunk_size=150, **kw)
     assert commits == [150]
     commits.clear()
-    rep = S.embed_into_store(model, samples, path, chunk_size=100, **kw)    # resumes at 150
+    rep = E.embed_into_store(model, samples, path, chunk_size=100, **kw)    # resumes at 150
     assert commits == [200, 250] and rep.resumed_from == 150 and rep.complete
     commits.clear()
-    S.embed_into_store(model, samples, tmp_path / "d.h5", chunk_size=100, **kw)
+    E.embed_into_store(model, samples, tmp_path / "d.h5", chunk_size=100, **kw)
     assert commits == [100, 200, 250]
     with S.EmbeddingStore.open(path) as a, S.EmbeddingStore.open(tmp_path / "d.h5") as b:
         assert a.ids == b.ids

@@ -9,6 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
+from clefctl import embed as E
 from clefctl import store as S
 from clefctl import search
 from clefctl.data.records import Sample
@@ -42,7 +43,7 @@ def fer_store(tmp_path_factory, model):
         samples.append(Sample(id=f"img{i:03d}", subject=f"p{i % 4}", path=str(p), label=i % len(classes),
                               box=(2, 2, 30, 30) if i % 2 else None))
     path = root / "fer.h5"
-    S.embed_into_store(model, samples, path, batch_size=12, chunk_size=12, progress=False,
+    E.embed_into_store(model, samples, path, batch_size=12, chunk_size=12, progress=False,
                        image_set="toy-fer", task="fer", classes=classes, num_workers=0)
     return path
 
@@ -234,7 +235,7 @@ def test_query_without_a_store_builds_it_through_run_embed(tmp_path, monkeypatch
     from click.testing import CliRunner
 
     from clefctl.commands.query import query
-    from clefctl.store import embed as store_embed
+    from clefctl.embed import run as store_embed
 
     imgs = _folder_images(tmp_path / "imgs")
     ws = str(tmp_path / "ws")

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from clefctl import distributed
+from clefctl import embed as E
 from clefctl import store as S
 from clefctl.data.records import Sample
 from clefctl.errors import ClefError
@@ -80,7 +81,7 @@ def plain_samples(prefix: str, n: int) -> list[Sample]:
 def test_round_trip_metadata_and_planted_neighbour(tmp_path, model):
     samples = make_images(tmp_path / "img", 48, bad=(5, 30))
     path = tmp_path / "fer.h5"
-    rep = S.embed_into_store(model, samples, path, batch_size=8, chunk_size=16, progress=False,
+    rep = E.embed_into_store(model, samples, path, batch_size=8, chunk_size=16, progress=False,
                              image_set="toy", task="fer", classes=FER, num_workers=0)
     assert rep.complete and rep.rows == 46 and rep.skipped == 2
     assert rep.skipped_ids == [samples[5].id, samples[30].id]
@@ -123,9 +124,9 @@ def test_round_trip_metadata_and_planted_neighbour(tmp_path, model):
     assert hits["id"].iloc[0] == "planted" and hits["score"].iloc[0] > 0.999
     assert list(hits["rank"]) == [1, 2, 3, 4, 5]
     # a rerun over the same images finds the store complete and adds nothing
-    again = S.embed_into_store(model, samples, tmp_path / "fer2.h5", batch_size=8, chunk_size=16,
+    again = E.embed_into_store(model, samples, tmp_path / "fer2.h5", batch_size=8, chunk_size=16,
                                progress=False, task="fer", classes=FER, num_workers=0)
-    again2 = S.embed_into_store(model, samples, tmp_path / "fer2.h5", batch_size=8, chunk_size=16,
+    again2 = E.embed_into_store(model, samples, tmp_path / "fer2.h5", batch_size=8, chunk_size=16,
                                 progress=False, task="fer", classes=FER, num_workers=0)
     assert again.embedded_now == 46 and again2.embedded_now == 0 and again2.rows == 46
 
@@ -139,7 +140,7 @@ def test_fingerprint_mismatch_is_refused(tmp_path, model):
         S.EmbeddingStore.open(path, other.fingerprint)
     assert model.fingerprint in str(err.value) and other.fingerprint in str(err.value)
     with pytest.raises(ClefError) as err:
-        S.embed_into_store(other, plain_samples("a", 3), path, progress=False, num_workers=0)
+        E.embed_into_store(other, plain_samples("a", 3), path, progress=False, num_workers=0)
     assert "clef-tiny@random:1" in str(err.value) and "clef-tiny@random:0" in str(err.value)
     from clefctl.search import query_text
 
@@ -157,7 +158,7 @@ torch.set_num_threads(1)
 from clefctl.data.records import Sample
 from clefctl.data.transforms import transforms_for
 from clefctl.model import create
-from clefctl.store import embed_into_store
+from clefctl.embed import embed_into_store
 samples = [Sample(**d) for d in json.load(open(sys.argv[1]))]
 m = create("clef-tiny")
 tf = transforms_for(m, train=False)
@@ -232,11 +233,11 @@ def test_kill9_mid_run_then_resume_equals_uninterrupted(tmp_path, model):
         assert second >= min(first + 60, 280) and not st.complete
     # third run finishes (in this process; same settings)
     tf = __import__("clefctl.data.transforms", fromlist=["x"]).transforms_for(model, train=False)
-    rep = S.embed_into_store(model, samples, path, batch_size=10, chunk_size=20, progress=False,
+    rep = E.embed_into_store(model, samples, path, batch_size=10, chunk_size=20, progress=False,
                              image_set="kill", task="fer", classes=FER, num_workers=0, transform=tf)
     assert rep.resumed_from > second and rep.complete
     ref_path = tmp_path / "reference.h5"
-    S.embed_into_store(model, samples, ref_path, batch_size=10, chunk_size=20, progress=False,
+    E.embed_into_store(model, samples, ref_path, batch_size=10, chunk_size=20, progress=False,
                        image_set="kill", task="fer", classes=FER, num_workers=0)
     with S.EmbeddingStore.open(path) as a, S.EmbeddingStore.open(ref_path) as b:
         assert a.ids == b.ids == expected                    # no duplicates, no holes, same order
@@ -249,14 +250,14 @@ def test_kill9_mid_run_then_resume_equals_uninterrupted(tmp_path, model):
 def test_rerun_with_other_images_is_refused(tmp_path, model):
     samples = make_images(tmp_path / "img", 12)
     path = tmp_path / "s.h5"
-    S.embed_into_store(model, samples, path, batch_size=4, chunk_size=4, progress=False,
+    E.embed_into_store(model, samples, path, batch_size=4, chunk_size=4, progress=False,
                        task="fer", classes=FER, num_workers=0)
     with pytest.raises(ClefError, match="different image list"):
-        S.embed_into_store(model, samples[::-1], path, batch_size=4, chunk_size=4, progress=False,
+        E.embed_into_store(model, samples[::-1], path, batch_size=4, chunk_size=4, progress=False,
                            task="fer", classes=FER, num_workers=0)
     dup = samples[:3] + samples[:1]
     with pytest.raises(ClefError, match="not unique"):
-        S.embed_into_store(model, dup, tmp_path / "d.h5", progress=False, num_workers=0)
+        E.embed_into_store(model, dup, tmp_path / "d.h5", progress=False, num_workers=0)
 
 
 def _part(path, prefix, n, d, seed, skipped=(), complete=True, fp="m@x"):
@@ -294,7 +295,7 @@ def test_merge_parts_keeps_the_order_given(tmp_path):
     assert not (tmp_path / "bad.h5").exists()
     # contiguous shards cover everything once, in order
     for n, w in ((10, 3), (2, 4), (0, 2), (101, 7)):
-        ranges = [S.shard_range(n, r, w) for r in range(w)]
+        ranges = [distributed.shard_range(n, r, w) for r in range(w)]
         assert ranges[0][0] == 0 and ranges[-1][1] == n
         assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
 
@@ -302,7 +303,7 @@ def test_merge_parts_keeps_the_order_given(tmp_path):
 def test_torchrun_sharding_merges_to_the_single_process_store(tmp_path, model, monkeypatch):
     samples = make_images(tmp_path / "img", 26, bad=(11,))
     single = tmp_path / "single.h5"
-    S.embed_into_store(model, samples, single, batch_size=4, chunk_size=8, progress=False,
+    E.embed_into_store(model, samples, single, batch_size=4, chunk_size=8, progress=False,
                        task="fer", classes=FER, num_workers=0)
     local = threading.local()
     gate = threading.Barrier(2, timeout=60)
@@ -315,7 +316,7 @@ def test_torchrun_sharding_merges_to_the_single_process_store(tmp_path, model, m
     def rank_main(r):
         local.rank = r
         try:
-            reports[r] = S.embed_into_store(model, samples, path, batch_size=4, chunk_size=8,
+            reports[r] = E.embed_into_store(model, samples, path, batch_size=4, chunk_size=8,
                                             progress=False, task="fer", classes=FER, num_workers=0)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
@@ -327,7 +328,7 @@ def test_torchrun_sharding_merges_to_the_single_process_store(tmp_path, model, m
     for t in threads:
         t.join()
     assert not errors, errors
-    assert not S.part_path(path, 0, 2).exists() and not S.part_path(path, 1, 2).exists()
+    assert not E.part_path(path, 0, 2).exists() and not E.part_path(path, 1, 2).exists()
     with S.EmbeddingStore.open(path) as a, S.EmbeddingStore.open(single) as b:
         assert a.ids == b.ids and a.skipped_ids == b.skipped_ids == [samples[11].id]
         np.testing.assert_allclose(a.embeddings(), b.embeddings(), atol=2e-3)
@@ -459,7 +460,8 @@ def test_writer_lock_is_exclusive(tmp_path):
 
 
 def test_run_embed_returns_the_run_and_writes_its_files(tmp_path, image_folder):
-    from clefctl.store.embed import STORE_NAME, EmbedOptions, run_embed
+    from clefctl.embed import EmbedOptions, run_embed
+    from clefctl.store import STORE_NAME
     from clefctl.workspace import Run, Workspace
 
     image_folder(5)

@@ -417,7 +417,7 @@ def test_media_chunks_are_exact_and_a_resume_inside_a_frame_matches(tmp_path, mo
     import clefctl.data.faces as pipeline
     from clefctl.data.faces.scenes import group_photo, write_scene_video
     from clefctl.model import create
-    from clefctl.store.media import embed_media_into_store
+    from clefctl.embed.media import embed_media_into_store
 
     write_scene_video(tmp_path / "talk.avi", frames=20, width=480, height=270, face=96, people=3, seed=4)
     Image.fromarray(group_photo(3, width=480, height=240, face=110, seed=5)[0]).save(tmp_path / "group.png")

@@ -341,7 +341,7 @@ def test_embed_stores_landmarks_and_the_explorer_shows_the_aligned_face(with_yun
     is the face on the alignment template (the eyes level, where the template puts them)."""
     from clefctl.data.faces.template import template_points
     from clefctl.serve.media import RowMedia, SourceGuard, face_image
-    from clefctl.store.embed import EmbedOptions, run_embed
+    from clefctl.embed.run import EmbedOptions, run_embed
     from clefctl.store.format import EmbeddingStore
 
     canvas, _ = group_photo

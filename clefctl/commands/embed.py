@@ -1,4 +1,4 @@
-"""``clefctl embed``: fill an embedding store (a thin wrapper over :func:`clefctl.store.run_embed`).
+"""``clefctl embed``: fill an embedding store (a thin wrapper over :func:`clefctl.embed.run_embed`).
 
 ``embed`` writes the store of (model, image set) into a workspace folder named after both,
 ``<workspace>/embed/<image set>--<arch>-<hash>/store.h5``, so running it again resumes the same
@@ -15,7 +15,7 @@ from clefctl.commands.options import build, json_option, options_command
 
 
 def summary_lines(res) -> list[str]:
-    """The lines ``embed`` prints for an :class:`~clefctl.store.EmbedResult`."""
+    """The lines ``embed`` prints for an :class:`~clefctl.embed.EmbedResult`."""
     report = res.report
     if report.embedded_now == 0 and report.complete:
         now = "already complete"
@@ -35,7 +35,7 @@ def summary_lines(res) -> list[str]:
     return lines
 
 
-@options_command("embed", "clefctl.store.embed:EmbedOptions")
+@options_command("embed", "clefctl.embed.run:EmbedOptions")
 @click.argument("paths", nargs=-1)
 @json_option("Print the report as JSON.")
 def embed(paths, as_json, **kw) -> None:
@@ -56,7 +56,7 @@ def embed(paths, as_json, **kw) -> None:
              clefctl embed --dataset synthetic-fer --weights random --arch clef-tiny
              clefctl embed interviews/ --every 5 --weights farl-ep64
     """
-    from clefctl.store.embed import EmbedOptions, run_embed
+    from clefctl.embed.run import EmbedOptions, run_embed
 
     res = run_embed(build(EmbedOptions, kw, paths=tuple(paths), progress=not as_json))
     if not res.main:

@@ -1,5 +1,6 @@
 """``clefctl index build`` and ``clefctl index status``: the store's FAISS index, built on request
-(a thin wrapper over :mod:`clefctl.store.index.run`)."""
+(thin wrappers over :func:`clefctl.embed.index.run_index_build` and
+:func:`clefctl.store.index.report.index_report`)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def index() -> None:
     """
 
 
-@index.command("build", cls=OptionsCommand, options="clefctl.store.index.run:IndexBuildOptions")
+@index.command("build", cls=OptionsCommand, options="clefctl.embed.index:IndexBuildOptions")
 @shared_options("run")
 @json_option("Print the report as JSON.")
 def build(run, as_json, **kw) -> None:
@@ -46,7 +47,7 @@ def build(run, as_json, **kw) -> None:
     Example: clefctl index build
              clefctl index build --store store.h5 --kind ivf-sq8 --recall 0.97 --json
     """
-    from clefctl.store.index.run import IndexBuildOptions, run_index_build
+    from clefctl.embed.index import IndexBuildOptions, run_index_build
 
     opts = options_from(IndexBuildOptions, kw, progress=not as_json)
     store_path, opts.config = _store(opts.store, run, opts.workspace)
@@ -75,7 +76,7 @@ def status(store, run, workspace, as_json) -> None:
     \b
     Example: clefctl index status --json
     """
-    from clefctl.store.index.run import index_report
+    from clefctl.store.index.report import index_report
 
     store_path, _ = _store(store, run, workspace)
     rep = index_report(store_path)

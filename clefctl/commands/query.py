@@ -21,7 +21,7 @@ from clefctl.errors import ClefError
 def _embed_first(workspace) -> None:
     """No store yet: run ``clefctl embed`` with its defaults, reporting on stderr (stdout is the query's)."""
     from clefctl.commands.embed import summary_lines
-    from clefctl.store.embed import EmbedOptions, run_embed
+    from clefctl.embed.run import EmbedOptions, run_embed
 
     click.echo("no embedding store yet: embedding the latest fine-tuning run's data set first", err=True)
     res = run_embed(EmbedOptions(workspace=workspace))

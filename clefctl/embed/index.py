@@ -1,4 +1,5 @@
-"""``clefctl index build`` / ``status`` as library calls, and the index build at the end of ``embed``.
+"""The index jobs that load a model: ``clefctl index build`` as a library call, and the index build at the
+end of ``embed`` (what a saved index holds and ``clefctl index status``: :mod:`clefctl.store.index.report`).
 
 Both build with text-like tuning queries (:mod:`~clefctl.store.index.tuning`): the prompt texts of
 the store's data set (every name template and description) encoded by the store's model and kept
@@ -8,27 +9,29 @@ no text embeddings yet.
 
 Example::
 
-    >>> from clefctl.store.index.run import IndexBuildOptions, run_index_build
+    >>> from clefctl.embed.index import IndexBuildOptions, run_index_build
     >>> run_index_build(IndexBuildOptions(store="runs/embed/x/store.h5", budget="600MB"))   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from clefctl.errors import ClefError
+from clefctl.prompts import class_texts, load_prompts
 from clefctl.store.format import EmbeddingStore
-from clefctl.store.index.build import index_paths
 from clefctl.store.index.kinds import INDEX_KINDS, IVF_KINDS, IndexParams, parse_size, resolve_index_kind
-from clefctl.store.index.load import index_status, load_index
+from clefctl.store.index.load import index_status, load_fresh, load_index
+from clefctl.store.index.report import summary_of
+from clefctl.store.index.saved import index_paths
 from clefctl.store.index.tuning import cached_text_vectors
 from clefctl.ui import say
+from clefctl.workspace import Workspace
 
-log = logging.getLogger("clefctl.store")
+log = logging.getLogger("clefctl.embed")
 
 
 def prompt_text_vectors(store: EmbeddingStore, model, prompts: str | None) -> np.ndarray | None:
@@ -36,9 +39,6 @@ def prompt_text_vectors(store: EmbeddingStore, model, prompts: str | None) -> np
     through the store's text cache; None when there is no such prompt set or no model."""
     if model is None or not prompts:
         return None
-    from clefctl.prompts import load_prompts
-    from clefctl.search import class_texts
-
     try:
         ps = load_prompts(prompts)
     except ClefError as exc:
@@ -48,25 +48,6 @@ def prompt_text_vectors(store: EmbeddingStore, model, prompts: str | None) -> np
         return None
     texts, _ = class_texts(ps, "ensemble")
     return store.text_embeddings(ps.hash, model.fingerprint, texts, lambda t: model.encode_texts(t))
-
-
-def summary_of(index) -> dict:
-    """What ``embed --json`` and ``index build --json`` report about an index."""
-    meta = index.meta
-    p = meta.get("params", {})
-    tuning = p.get("tuning", {})
-    out = {"kind": index.kind, "rows": int(index.ntotal), "params": {k: v for k, v in p.items() if k != "tuning"},
-           "bytes": meta.get("bytes"), "float16_bytes": meta.get("float16_bytes"),
-           "resident_bytes": meta.get("resident_bytes"), "seconds": meta.get("seconds"),
-           "build_extra_rss_mb": meta.get("build_extra_rss_mb"), "gpus": meta.get("gpus", 0)}
-    if tuning:
-        out["recall_at_10"] = tuning.get("recall")
-        out["tuned_on"] = tuning.get("tuned_on")
-        if tuning.get("note"):
-            out["note"] = tuning["note"]
-    if meta.get("reason"):
-        out["reason"] = meta["reason"]
-    return out
 
 
 def index_after_embed(store_path, kind: str, model, prompts: str | None, *, progress: bool = True) -> dict:
@@ -122,8 +103,6 @@ class IndexBuildOptions:
 
 
 def _text_model(opts: IndexBuildOptions):
-    from clefctl.workspace import Workspace
-
     return Workspace(opts.workspace).store_model(opts.store, opts.config, weights=opts.weights, arch=opts.arch,
                                                  trust_checkpoint=opts.trust_checkpoint, towers="text", required=False)
 
@@ -139,9 +118,7 @@ def run_index_build(opts: IndexBuildOptions) -> dict:
     with EmbeddingStore.open(opts.store) as st:
         fresh, reason = index_status(st, opts.kind, params)
         if fresh and not opts.rebuild and opts.budget is None:
-            from clefctl.store.index.load import _load_fresh
-
-            idx = _load_fresh(st, params)
+            idx = load_fresh(st, params)
             if idx is not None:
                 return {**summary_of(idx), "built": False, "path": str(index_paths(st.path)[0])}
         texts = cached_text_vectors(st)
@@ -158,27 +135,4 @@ def run_index_build(opts: IndexBuildOptions) -> dict:
     return {**summary_of(idx), "built": True, "path": str(index_paths(opts.store)[0])}
 
 
-def index_report(store_path) -> dict:
-    """``clefctl index status``: the saved index's metadata and whether it is fresh."""
-    faiss_path, meta_path = index_paths(store_path)
-    with EmbeddingStore.open(store_path) as st:
-        fresh, reason = index_status(st)
-        rows, d = st.count, st.dim
-    meta = {}
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            meta = {}
-    tuning = meta.get("params", {}).get("tuning", {})
-    return {"store": str(store_path), "rows": rows, "dim": d,
-            "index": str(faiss_path) if faiss_path.is_file() else None,
-            "fresh": fresh, "reason": reason, "kind": meta.get("kind"), "bytes": meta.get("bytes"),
-            "float16_bytes": 2 * rows * d, "nlist": meta.get("params", {}).get("nlist"),
-            "nprobe": meta.get("params", {}).get("nprobe"), "recall_at_10": tuning.get("recall"),
-            "built": meta.get("built"), "seconds": meta.get("seconds"),
-            "ivf": meta.get("kind") in IVF_KINDS}
-
-
-__all__ = ["IndexBuildOptions", "run_index_build", "index_after_embed", "index_report", "prompt_text_vectors",
-           "summary_of", "say"]
+__all__ = ["IndexBuildOptions", "run_index_build", "index_after_embed", "prompt_text_vectors"]

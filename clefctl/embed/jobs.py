@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 
 from clefctl.errors import ClefError, Interrupted
+from clefctl.store.format import EmbeddingStore
 
 
 class _Stop(KeyboardInterrupt):
@@ -26,8 +27,6 @@ class _Stop(KeyboardInterrupt):
 
 
 def _committed(store_path: Path) -> int | None:
-    from clefctl.store.format import EmbeddingStore
-
     try:
         with EmbeddingStore.open(store_path) as st:
             return st.count

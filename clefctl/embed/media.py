@@ -9,8 +9,11 @@ committed row, replaying it from its start (face ids depend on the whole video) 
 the faces after the last committed one (the rest of its frame, then the frames after it). Unreadable sources are skipped and their paths kept as
 the store's skipped ids. Runs in one process (under torchrun, launch one process).
 
+``clefctl embed PATH...`` as a library call is :func:`clefctl.embed.run.run_embed` with ``paths``.
+
 Example::
 
+    >>> from clefctl.embed import EmbedOptions, run_embed
     >>> res = run_embed(EmbedOptions(paths=("talks/",), every=5, weights="random",
     ...                              arch="clef-tiny"))                             # doctest: +SKIP
     >>> res.summary["faces"], res.store_path                                        # doctest: +SKIP
@@ -26,12 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from clefctl.embed.job import EmbedReport, check_compatible
+from clefctl.embed.jobs import finish
 from clefctl.errors import ClefError
-from clefctl.store.embed import STORE_NAME, EmbedReport, EmbedResult, _check_compatible, embed_run_dir
 from clefctl.store.format import EmbeddingStore
-from clefctl.store.jobs import finish, index_step, stopping
-from clefctl.store.layout import MEDIA_PREFIX
-from clefctl.store.layout import STRING_COLUMNS, Columns, normalise
+from clefctl.store.layout import MEDIA_PREFIX, STRING_COLUMNS, Columns, normalise
 
 
 def media_image_set(files, every: int, max_frames: int | None, detector: dict | None = None) -> str:
@@ -77,7 +79,7 @@ def _open(model, store_path: Path, image_set: str, dtype: str, overwrite: bool, 
     if store_path.exists() and not overwrite:
         store = EmbeddingStore.open(store_path, mode="a")
         try:
-            _check_compatible(store, model, image_set, "", [], dtype)
+            check_compatible(store, model, image_set, "", [], dtype)
         except BaseException:
             store.close()
             raise
@@ -195,51 +197,4 @@ def media_prompts(model) -> str:
     return str((getattr(model, "meta", None) or {}).get("dataset") or "bp4d")
 
 
-def run_embed_media(opts) -> EmbedResult:
-    """``clefctl embed PATH...``: resolve the model, embed the faces of ``opts.paths`` into the run
-    folder's store (``<workspace>/embed/media-<hash>--<model>/store.h5``, or ``opts.out``), build
-    the index, write ``config.yaml`` and ``report.json`` and point ``embed/LATEST`` at the run."""
-    from clefctl import distributed
-    from clefctl.data.faces import expand_inputs
-    from clefctl.paths import write_json_atomic
-    from clefctl.store.index.run import index_after_embed
-    from clefctl.store.provenance import model_record
-    from clefctl.workspace import Run, Workspace
-
-    if distributed.world_size() > 1:
-        raise ClefError("embed PATH... runs in one process", hint="start it without torchrun")
-    if opts.dataset is not None:
-        raise ClefError("give either --dataset or PATH... (photos, videos, folders), not both")
-    ws = Workspace(opts.workspace)
-    from clefctl.data.faces.choice import resolve_detector
-
-    files = [os.path.abspath(p) for p in expand_inputs(list(opts.paths))]
-    faces = resolve_detector(opts.detector, opts.min_confidence)
-    image_set = media_image_set(files, opts.every, opts.max_frames, faces.describe())
-    choice = ws.resolve_model(opts.weights, arch=opts.arch,
-                              hint="pass --weights model.pt (or --weights random for an untrained model)")
-    model = choice.load(opts.device, trust_checkpoint=opts.trust_checkpoint, default_arch=opts.arch)
-    run_dir = embed_run_dir(ws, model.fingerprint, image_set) if opts.out is None else Path(opts.out).parent
-    store_path = run_dir / STORE_NAME if opts.out is None else Path(opts.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with stopping(store_path):
-        report, counts = embed_media_into_store(model, files, store_path, every=opts.every, max_frames=opts.max_frames,
-                                                batch_size=opts.batch_size, chunk_size=opts.chunk_size, dtype=opts.dtype,
-                                                progress=opts.progress, overwrite=opts.overwrite, image_set=image_set,
-                                                faces=faces, model_ref=model_record(choice, model))
-    summary, run = {**report.to_dict(), **counts}, None
-    failed = index_step(summary, lambda: index_after_embed(store_path, opts.index, model, media_prompts(model),
-                                                           progress=opts.progress)) \
-        if opts.index != "none" and report.rows else None     # tuned on text queries, as a data set's store is
-    if opts.out is None:
-        run = Run(run_dir, "embed")
-        run.save_config({"inputs": files, "every": opts.every, "max_frames": opts.max_frames, "image_set": image_set,
-                         "arch": model.arch, "weights": choice.weights or "random", "fingerprint": model.fingerprint,
-                         "store": STORE_NAME, "dtype": opts.dtype, "batch_size": opts.batch_size,
-                         "detector": faces.describe(),
-                         "chunk_size": opts.chunk_size})
-        write_json_atomic(run_dir / "report.json", summary)
-        ws.set_latest(run)
-    if failed is not None:
-        raise failed
-    return EmbedResult(run, store_path, report, summary, True)
+__all__ = ["embed_media_into_store", "media_image_set", "media_prompts"]

@@ -90,7 +90,7 @@ def index_status(store: EmbeddingStore, kind: str = "auto", params: IndexParams 
     return True, "fresh"
 
 
-def _load_fresh(st: EmbeddingStore, params: IndexParams) -> "StoreIndex | None":
+def load_fresh(st: EmbeddingStore, params: IndexParams) -> "StoreIndex | None":
     """The saved index when it reads back with the store's row count (None otherwise). Call it only
     after :func:`index_status` said fresh: that checks the files' sizes and checksums first."""
     _, meta_path = index_paths(st.path)
@@ -124,7 +124,7 @@ def load_index(store: EmbeddingStore | str | os.PathLike, kind: str = "auto", pa
     st, own = as_store(store)
     try:
         fresh, reason = (False, "rebuild requested") if rebuild else index_status(st, kind, params)
-        result = _load_fresh(st, params) if fresh else None
+        result = load_fresh(st, params) if fresh else None
         if result is None:
             log.info("building the index of %s (%s)", st.path, reason if fresh is False else "unreadable")
             result = build_index(st, kind, params, text_vectors=text_vectors, progress=progress, announce=announce)
@@ -142,7 +142,7 @@ def index_for_query(store: EmbeddingStore, kind: str = "auto", params: IndexPara
     params = params or IndexParams()
     fresh, reason = index_status(store, kind, params)
     if fresh:
-        loaded = _load_fresh(store, params)
+        loaded = load_fresh(store, params)
         if loaded is not None:
             return _to_gpus(loaded, params)
         reason = "unreadable"
@@ -159,4 +159,4 @@ def index_for_query(store: EmbeddingStore, kind: str = "auto", params: IndexPara
     return _to_gpus(built, params)
 
 
-__all__ = ["ExactIndex", "index_status", "load_index", "index_for_query", "EXACT_QUERY_LIMIT"]
+__all__ = ["ExactIndex", "index_status", "load_index", "load_fresh", "index_for_query", "EXACT_QUERY_LIMIT"]
