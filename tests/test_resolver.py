@@ -110,8 +110,10 @@ def test_query_and_rescore_use_the_embed_runs_model(workspace, spy, tmp_path):
     emb.path.mkdir(parents=True)
     emb.save_config({"weights": str(workspace["A"].model_path.resolve()), "arch": "clef-tiny", "store": "store.h5",
                      "dataset": "synthetic-fer"})
-    (emb.path / "store.h5").write_bytes(b"")
-    ws.set_latest(emb)
+    from clefctl.store.format import EmbeddingStore
+
+    EmbeddingStore.create(emb.path / "store.h5", "fingerprint-of-A", 64, "synthetic-fer").close()  # no model record:
+    ws.set_latest(emb)                                                # the run's config names the model
     _run(["query", "a smile", "--workspace", str(ws.root)])
     assert _chosen(spy) == "A"  # the weights file of the embed run, inside run A
     _run(["rescore", "--prompts", "synthetic-fer", "--workspace", str(ws.root)])
