@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run_cli
 import torch
 from PIL import Image
 
-from clefctl import cli
 from clefctl.errors import ClefError
 from clefctl.weights import registry
 from clefctl.workspace import Workspace
@@ -101,13 +101,6 @@ def server(env, monkeypatch):
     monkeypatch.setenv(registry.MIRROR_ENV, s.url + "/")
     yield s
     s.close()
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        cli.main(list(args))
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def one_line_error(code, err) -> str:

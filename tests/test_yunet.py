@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import run_cli
 
-from clefctl import cli
 from clefctl.weights.registry import YUNET_FILE, YUNET_SHA256, YUNET_SIZE
 
 MODELS = Path(os.environ.get("CLEF_TEST_MODELS", Path(__file__).resolve().parents[2] / "shared" / "models"))
@@ -47,14 +47,6 @@ def mirror():
     server, url = _serve(YUNET_DIR)
     yield url
     server.shutdown()
-
-
-def run_cli(args, capsys):
-    """clefctl in-process, through its error boundary: (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exc:
-        cli.main(list(args))
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 @pytest.fixture(scope="module")
