@@ -360,3 +360,10 @@ def test_embed_stores_landmarks_and_the_explorer_shows_the_aligned_face(with_yun
 
     again = resolve_detector("yunet").make("photos").detect(face)
     assert again and np.abs(again[0].landmarks[:2] - template_points(160)[:2]).max() < 10
+
+
+def test_the_command_line_offers_the_detectors_the_library_knows():
+    from clefctl.commands.options import DETECTOR_CHOICES
+    from clefctl.data.faces.choice import DETECTORS
+
+    assert DETECTOR_CHOICES == DETECTORS
