@@ -55,12 +55,11 @@ def device_info() -> dict:
 def face_detector() -> dict:
     """Which face detector ``--detector auto`` runs now, without downloading anything: YuNet when its
     file is in the weights folder, else the Haar cascades (and how to get YuNet)."""
-    from clefctl.weights import registry
+    from clefctl.data.faces.choice import installed_yunet
 
-    e = registry.entry("yunet")
-    path = registry.local_path(e)
-    if path is not None and path.stat().st_size == e.size:
-        return {"auto": "yunet", "yunet": str(path)}
+    path, _ = installed_yunet()
+    if path is not None:
+        return {"auto": "yunet", "yunet": path}
     return {"auto": "yunet after its download (else haar)", "yunet": None,
             "hint": "clefctl weights get yunet"}
 

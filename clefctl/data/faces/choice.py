@@ -67,23 +67,32 @@ def offline() -> bool:
     return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _yunet_file(explicit: bool) -> tuple[str | None, str]:
-    """(path of the YuNet file or None, why not)."""
-    from clefctl.weights import download, registry
+def installed_yunet() -> tuple[str | None, str]:
+    """(path of the YuNet file in the weights folder, or None; why not), downloading nothing."""
+    from clefctl.weights import registry
 
     e = registry.entry("yunet")
     path = registry.local_path(e)
-    if path is not None:
-        if path.stat().st_size != e.size:
-            return None, (f"{path} is {path.stat().st_size} bytes, not YuNet's {e.size}: "
-                          "run `clefctl weights get yunet --force`")
-        return str(path), ""
+    if path is None:
+        return None, f"its file is not in {registry.weights_dir()}"
+    if path.stat().st_size != e.size:
+        return None, (f"{path} is {path.stat().st_size} bytes, not YuNet's {e.size}: "
+                      "run `clefctl weights get yunet --force`")
+    return str(path), ""
+
+
+def _yunet_file(explicit: bool) -> tuple[str | None, str]:
+    """(path of the YuNet file or None, why not): the installed file, else one download per process."""
+    from clefctl.weights import download, registry
+
+    if registry.local_path(registry.entry("yunet")) is not None:   # there: used, or refused when it is cut
+        return installed_yunet()
     if offline():
         return None, f"its file is not in {registry.weights_dir()} and {OFFLINE_ENV} is set"
     if _state["tried"] is not None:
         return None, _state["tried"]
     try:
-        return str(download.get(e, progress=explicit, timeout=CONNECT_TIMEOUT_S).path), ""
+        return str(download.get(registry.entry("yunet"), progress=explicit, timeout=CONNECT_TIMEOUT_S).path), ""
     except ClefError as exc:
         _state["tried"] = f"it is not in {registry.weights_dir()} and the download failed ({exc.bare_message})"
         return None, _state["tried"]
