@@ -54,8 +54,8 @@ def iter_video_frames(path: str | os.PathLike, every: int = 1,
     try:
         fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
         declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        problem = size_problem(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0))
-        if problem and cap.get(cv2.CAP_PROP_FRAME_WIDTH):
+        width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        if width and height and (problem := size_problem(width, height)):   # the header's size, when it has one
             raise ClefError(f"the video's frames are refused: {problem}", path=path)
         index = yielded = 0
         while max_frames is None or yielded < max_frames:
